@@ -1,0 +1,138 @@
+r"""What a denoising network predicts, as small objects rather than branches.
+
+A parameterisation turns a network output at $(u_t, t)$ into the white-noise prediction
+$\hat\varepsilon$ used by the bound, and into the score used by the likelihood and the
+samplers, through the process's own conversions:
+
+- `EpsilonPrediction`: the output is $\hat\varepsilon$ (DDPM, VDM).
+- `DataPrediction`: the output is $\hat x_0$;
+  $\hat\varepsilon = \Sigma^{-1/2}(u_t - \alpha_t \hat x_0)/\sigma_t$.
+- `VelocityPrediction`: the output is $\hat v$ with $v = \alpha_t\varepsilon - \sigma_t x_0$
+  (Salimans & Ho 2022); $\hat\varepsilon = \sigma_t u_t + \alpha_t \hat v$.
+- `ScorePrediction`: the output is the score $\nabla \log p_t(u_t)$.
+"""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+
+from ._custom_types import State, Time
+from ._processes import AbstractProcess, AbstractVPProcess
+
+
+class AbstractParameterization(eqx.Module):
+    """How to read a network's output."""
+
+    @abc.abstractmethod
+    def to_eps(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        r"""The white-noise prediction $\hat\varepsilon$ implied by `output`."""
+
+    @abc.abstractmethod
+    def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        r"""The score $\nabla_u \log p_t(u)$ implied by `output`."""
+
+
+def _require_vp(process: AbstractProcess, what: str) -> AbstractVPProcess:
+    if not isinstance(process, AbstractVPProcess):
+        raise TypeError(
+            f"{what} needs a VP-type process (VP, DiagonalVP, NonIsotropicVP), got "
+            f"{type(process).__name__}; use EpsilonPrediction or ScorePrediction."
+        )
+    return process
+
+
+class EpsilonPrediction(AbstractParameterization):
+    r"""The network predicts the white noise $\varepsilon$."""
+
+    def to_eps(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        return output
+
+    def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        return process.score_from_eps(u, t, output)
+
+
+class DataPrediction(AbstractParameterization):
+    r"""The network predicts the clean data $x_0$."""
+
+    def to_eps(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        return _require_vp(process, "DataPrediction").eps_from_x0(u, t, output)
+
+    def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        return process.score_from_eps(u, t, self.to_eps(process, output, u, t))
+
+
+class VelocityPrediction(AbstractParameterization):
+    r"""The network predicts the velocity $v = \alpha_t \varepsilon - \sigma_t x_0$."""
+
+    def to_eps(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        return _require_vp(process, "VelocityPrediction").eps_from_v(u, t, output)
+
+    def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        return process.score_from_eps(u, t, self.to_eps(process, output, u, t))
+
+
+class ScorePrediction(AbstractParameterization):
+    r"""The network predicts the score $\nabla_u \log p_t(u)$ directly."""
+
+    def to_eps(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        return process.eps_from_score(u, t, output)
+
+    def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        return output
+
+
+_BY_NAME: dict[str, AbstractParameterization] = {
+    "eps": EpsilonPrediction(),
+    "x": DataPrediction(),
+    "v": VelocityPrediction(),
+    "score": ScorePrediction(),
+}
+
+
+def as_parameterization(
+    parameterization: str | AbstractParameterization,
+) -> AbstractParameterization:
+    """Look up `"eps"`, `"x"`, `"v"` or `"score"`, or pass an object through."""
+    if isinstance(parameterization, AbstractParameterization):
+        return parameterization
+    try:
+        return _BY_NAME[parameterization]
+    except KeyError:
+        raise ValueError(
+            f"Unknown parameterization {parameterization!r}; use one of {sorted(_BY_NAME)} "
+            "or an AbstractParameterization instance."
+        ) from None
+
+
+class ModelScore(eqx.Module):
+    r"""A network read as a score function, `score(u, t)` $= \nabla_u \log p_t(u)$.
+
+    An `eqx.Module`, so the network's parameters stay visible to `jit` and `grad`.
+    """
+
+    process: AbstractProcess
+    model: Callable[[State, Time], State]
+    parameterization: AbstractParameterization
+
+    def __call__(self, u: State, t: Time) -> State:
+        return self.parameterization.to_score(self.process, self.model(u, t), u, t)
+
+
+def score_fn(
+    process: AbstractProcess,
+    model: Callable[[State, Time], State],
+    parameterization: str | AbstractParameterization = "eps",
+) -> ModelScore:
+    """Wrap a network `model(u_t, t)` as a score function for the likelihood and samplers.
+
+    **Arguments:**
+
+    - `process`: the forward process the network was trained on.
+    - `model`: the network, called per example as `model(u_t, t)`.
+    - `parameterization`: what `model` predicts: `"eps"`, `"x"`, `"v"`, `"score"`, or an
+      `AbstractParameterization`.
+
+    **Returns:** a callable module `score(u, t)`.
+    """
+    return ModelScore(process, model, as_parameterization(parameterization))

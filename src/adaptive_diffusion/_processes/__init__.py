@@ -1,0 +1,2 @@
+from ._base import AbstractProcess as AbstractProcess
+from ._vp import VP as VP, AbstractVPProcess as AbstractVPProcess, DiagonalVP as DiagonalVP
