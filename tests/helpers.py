@@ -42,7 +42,7 @@ class GaussianMixture(eqx.Module):
     def mean_and_cov(self) -> tuple[Array, Array]:
         w = jnp.exp(self.log_weights)
         mean = w @ self.means
-        centred = self.means - mean
+        centred = self.means - mean[None]
         cov = jnp.einsum("k,kij->ij", w, self.covs) + jnp.einsum(
             "k,ki,kj->ij", w, centred, centred
         )

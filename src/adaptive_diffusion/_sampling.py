@@ -17,7 +17,6 @@ from collections.abc import Callable
 import diffrax
 import jax
 import jax.numpy as jnp
-import lineax as lx
 from jaxtyping import PRNGKeyArray
 
 from ._custom_types import Data, State, Time
@@ -89,6 +88,28 @@ def sample_ode(
     return sol.ys[-1]
 
 
+class _AdditiveNoiseTerm(diffrax.AbstractTerm):
+    r"""The reverse SDE's noise term $G(t_1 - r)\,dW_r$, $G = \operatorname{diag}(g) B$.
+
+    Its vector field is the scale $g(t_1 - r)$ and `prod` applies $g \odot B$ to the
+    Brownian increment (or Levy area): linear in both, and only arrays, also where the
+    stochastic Runge-Kutta solvers `vmap` or difference the vector field.
+    """
+
+    process: AbstractProcess
+    brownian: diffrax.AbstractBrownianPath
+    t1: float
+
+    def vf(self, t, y, args) -> State:
+        return jnp.broadcast_to(self.process.diffusion_scale(self.t1 - t, y), y.shape)
+
+    def contr(self, t0, t1, **kwargs):
+        return self.brownian.evaluate(t0, t1, **kwargs)
+
+    def prod(self, vf: State, control: State) -> State:
+        return vf * self.process.noise_apply(control)
+
+
 def sample_sde(
     process: AbstractProcess,
     score_fn: Callable[[State, Time], State],
@@ -129,13 +150,9 @@ def sample_sde(
         t = t1 - r
         return -process.reverse_drift(u, t, score(u, t))
 
-    def diffusion(r, u, score):
-        t = t1 - r
-        return lx.FunctionLinearOperator(
-            lambda w: process.diffusion(t, w), jax.ShapeDtypeStruct(shape, u1.dtype)
-        )
-
-    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, brownian))
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(drift), _AdditiveNoiseTerm(process, brownian, t1)
+    )
     sol = diffrax.diffeqsolve(
         terms,
         solver,

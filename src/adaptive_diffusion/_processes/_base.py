@@ -3,12 +3,15 @@ r"""The forward-process abstraction.
 Every continuous process here is a linear Gaussian SDE on a state `u`,
 $$du = f(u, t)\,dt + G(t)\,dW, \qquad u_t = A_t u_0 + L_t \varepsilon, \quad
 \varepsilon \sim \mathcal N(0, I),$$
-with drift linear in `u` and a state-independent diffusion. `AbstractProcess` names
-what the rest of the library needs from such a process, and nothing else:
+with drift linear in `u` and additive noise $G(t) = \operatorname{diag}(g(t))\,B$: a
+time-dependent elementwise scale $g(t)$ times a fixed symmetric operator $B$ (the
+identity, $\Sigma^{1/2}$ applied by FFT, or an MDM's $\sqrt{2D}$ on the leading axis).
+`AbstractProcess` names what the rest of the library needs from such a process, and
+nothing else:
 
 - the marginal `perturb(u0, t, eps)` (and `sample_marginal`, which draws `eps`);
-- the SDE: `drift(u, t)`, `diffusion(t, w)` $= G(t) w$ and
-  `diffusion_covariance(t, v)` $= G G^\top v$, from which the probability-flow drift
+- the SDE: `drift(u, t)`, `diffusion_scale(t, u)` $= g(t)$ and `noise_apply(w)`
+  $= B w$, from which $G w$, $G G^\top v$, the probability-flow drift
   $f - \tfrac12 G G^\top \nabla \log p_t$ and the reverse-SDE drift follow;
 - the prior at $t = 1$: `prior_log_prob`, `prior_sample`;
 - the link between a network's white-noise prediction and the score:
@@ -67,12 +70,22 @@ class AbstractProcess(eqx.Module):
         r"""The forward SDE drift $f(u, t)$."""
 
     @abc.abstractmethod
-    def diffusion(self, t: Time, w: State) -> State:
-        r"""$G(t)\,w$: the diffusion applied to a Brownian increment `w`."""
+    def diffusion_scale(self, t: Time, u: State) -> State:
+        r"""The elementwise scale $g(t)$ of $G(t) = \operatorname{diag}(g(t)) B$, broadcastable
+        to the state `u` (whose shape it may need to check)."""
 
     @abc.abstractmethod
+    def noise_apply(self, w: State) -> State:
+        r"""$B w$ for the fixed symmetric factor $B$ of $G(t) = \operatorname{diag}(g(t)) B$."""
+
+    def diffusion(self, t: Time, w: State) -> State:
+        r"""$G(t)\,w$: the diffusion applied to a Brownian increment `w`."""
+        return self.diffusion_scale(t, w) * self.noise_apply(w)
+
     def diffusion_covariance(self, t: Time, v: State) -> State:
-        r"""$G(t) G(t)^\top v$."""
+        r"""$G(t) G(t)^\top v = g \odot B B (g \odot v)$."""
+        g = self.diffusion_scale(t, v)
+        return g * self.noise_apply(self.noise_apply(g * v))
 
     def probability_flow(self, u: State, t: Time, score: State) -> State:
         r"""The probability-flow ODE drift $f(u, t) - \tfrac12 G G^\top \nabla\log p_t(u)$."""

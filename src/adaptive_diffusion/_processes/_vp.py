@@ -63,17 +63,13 @@ class AbstractVPProcess(AbstractProcess):
         gamma, dgamma = self.gamma_and_derivative(t, u)
         return -0.5 * jax.nn.sigmoid(gamma) * dgamma * u
 
-    def _g(self, t: Time, u: Data) -> Gamma:
+    def diffusion_scale(self, t: Time, u: Data) -> Gamma:
+        r"""$g(t) = \sqrt{\sigma_t^2 \gamma'(t)}$."""
         gamma, dgamma = self.gamma_and_derivative(t, u)
         return jnp.sqrt(jax.nn.sigmoid(gamma) * dgamma)
 
-    def diffusion(self, t: Time, w: Data) -> Data:
-        return self._g(t, w) * self.covariance.sqrt_apply(w)
-
-    def diffusion_covariance(self, t: Time, v: Data) -> Data:
-        gamma, dgamma = self.gamma_and_derivative(t, v)
-        g2 = jax.nn.sigmoid(gamma) * dgamma
-        return g2 * self.covariance.sqrt_apply(self.covariance.sqrt_apply(v))
+    def noise_apply(self, w: Data) -> Data:
+        return self.covariance.sqrt_apply(w)
 
     def score_from_eps(self, u: Data, t: Time, eps: Data) -> Data:
         _, sigma = self.alpha_sigma(t, u)
