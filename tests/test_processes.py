@@ -130,3 +130,15 @@ def test_schedule_shape_errors():
         ad.VP(RampSchedule()).perturb(jnp.zeros((2, 3)), 0.5, jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="one gamma per data dimension"):
         ad.DiagonalVP(RampSchedule()).perturb(jnp.zeros((3, 2)), 0.5, jnp.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_marginal_log_prob_is_the_gaussian_density(name, getkey):
+    process, shape = PROCESSES[name]
+    u0 = jax.random.normal(getkey(), shape)
+    t = 0.3
+    ut, eps = process.sample_marginal(getkey(), u0, t)
+    _, p, *_ = _dense(process, shape, t)
+    mean = process.perturb(u0, t, jnp.zeros(shape)).reshape(-1)
+    expected = jax.scipy.stats.multivariate_normal.logpdf(ut.reshape(-1), mean, p)
+    np.testing.assert_allclose(process.marginal_log_prob(t, eps), expected, rtol=1e-4)

@@ -73,7 +73,8 @@ def test_vp_samplers_refuse_other_processes(getkey):
         score_from_eps = eps_from_score = perturb
         prior_log_prob = prior_kl = lambda self, u: jnp.sum(u)
         prior_sample = lambda self, key, shape: jnp.zeros(shape)  # noqa: E731
-        initial_state = reconstruction_nll = diffusion_loss = diffusion_loss_discrete = None
+        initial_state = decoder_nll = log_det_scale = None
+        diffusion_loss = diffusion_loss_discrete = None
 
     with pytest.raises(TypeError, match="VP-type"):
         ad.sample_ancestral(NotVP(), lambda u, t: u, getkey(), (2,))

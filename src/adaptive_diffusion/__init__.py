@@ -11,10 +11,13 @@ from ._discrete import (
     to_levels as to_levels,
 )
 from ._likelihood import (
+    AbstractDequantization as AbstractDequantization,
     AbstractTraceEstimator as AbstractTraceEstimator,
     ExactTrace as ExactTrace,
     HutchinsonTrace as HutchinsonTrace,
     LikelihoodResult as LikelihoodResult,
+    ProcessDequantization as ProcessDequantization,
+    UniformDequantization as UniformDequantization,
     dense_vlb as dense_vlb,
     ode_bits_per_dim as ode_bits_per_dim,
     ode_log_likelihood as ode_log_likelihood,

@@ -23,7 +23,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._custom_types import Data, State, Time
 from ._discrete import check_discrete, to_levels
-from ._losses import NELBO
+from ._losses import NELBO, assemble_nelbo, endpoint_terms
 from ._parameterizations import AbstractParameterization, as_parameterization
 from ._processes import AbstractProcess
 
@@ -222,6 +222,65 @@ def ode_log_likelihood(
     return LikelihoodResult(log_prob, _num_function_evaluations(solver, sol.stats))
 
 
+class AbstractDequantization(eqx.Module):
+    r"""A distribution $q(y \mid x)$ over continuous $y$ for discrete $x$, with a weight.
+
+    A draw returns $y$ and $w(y)$ such that
+    $\log P(x) \ge \mathbb E_{q(y \mid x)}[\log p_0(y) + w(y)]$ for any model
+    density $p_0$, the continuous density the probability-flow ODE computes.
+    """
+
+    @abc.abstractmethod
+    def __call__(
+        self, process: AbstractProcess, key: PRNGKeyArray, x: Data, num_levels: int
+    ) -> tuple[State, Float[Array, ""]]:
+        """`(y, log_weight)` for one draw."""
+
+
+class UniformDequantization(AbstractDequantization):
+    r"""$y = -1 + 2(k + u)/L$, $u \sim U[0, 1)^D$: uniform noise over each bin.
+
+    With bins of width $2/L$, $P(k) = \int_{\text{bin}(k)} p(y)\,dy =
+    (2/L)^D\,\mathbb E_u[p(y)]$, so $w = D \log(2/L)$ and in bits per dimension
+    $$-\tfrac1D \log_2 P(k) \le -\frac{\mathbb E_u \log p(y)}{D \ln 2} + \log_2\frac{L}{2},$$
+    the offset of 7 bits for $L = 256$ that score_sde adds. Suits models trained on
+    uniformly dequantised data; a model trained on bin centres (VDM) has $p_0$ peaked at
+    the centres and needs `ProcessDequantization`.
+    """
+
+    def __call__(
+        self, process: AbstractProcess, key: PRNGKeyArray, x: Data, num_levels: int
+    ) -> tuple[State, Float[Array, ""]]:
+        levels = to_levels(x, num_levels).astype(x.dtype)
+        y = -1.0 + 2.0 * (levels + jax.random.uniform(key, x.shape, x.dtype)) / num_levels
+        return y, jnp.asarray(x.size * math.log(2.0 / num_levels), x.dtype)
+
+
+class ProcessDequantization(AbstractDequantization):
+    r"""$y = z_0 \sim q(z_0 \mid x)$, the forward process at $t = 0$, and its decoder.
+
+    $\log P(x) \ge \mathbb E_q[\log p(x \mid z_0) + \log p_0(z_0) - \log q(z_0 \mid x)]$
+    (with $-\log q(v_0 \mid x)$ added for auxiliary variables): the same decoder and
+    noise level as the variational bound, so the right choice for a model trained on
+    bin centres with `nelbo`.
+    """
+
+    def __call__(
+        self, process: AbstractProcess, key: PRNGKeyArray, x: Data, num_levels: int
+    ) -> tuple[State, Float[Array, ""]]:
+        key_state, key_z0 = jax.random.split(key)
+        u0, log_q = process.initial_state(key_state, x)
+        z0, eps = process.sample_marginal(key_z0, u0, 0.0)
+        log_weight = -process.decoder_nll(z0, x, num_levels) - process.marginal_log_prob(0.0, eps)
+        return z0, log_weight - log_q
+
+
+_DEQUANTIZATIONS: dict[str, AbstractDequantization] = {
+    "uniform": UniformDequantization(),
+    "process": ProcessDequantization(),
+}
+
+
 def ode_bits_per_dim(
     process: AbstractProcess,
     score_fn: Callable[[State, Time], State],
@@ -229,42 +288,45 @@ def ode_bits_per_dim(
     *,
     key: PRNGKeyArray,
     num_levels: int = 256,
+    dequantization: str | AbstractDequantization = "uniform",
     num_samples: int = 1,
     importance_weighted: bool = False,
     **ode_kwargs,
 ) -> Float[Array, ""]:
-    r"""An upper bound on $-\log_2 P(x) / D$ for discrete `x`, by uniform dequantisation.
+    r"""An upper bound on $-\log_2 P(x) / D$ for discrete `x` from the probability-flow ODE.
 
-    With bins of width $2/L$ and $y = -1 + 2(k + u)/L$, $u \sim U[0, 1)^D$, the
-    discrete probability of the levels $k$ under a density $p$ on $[-1, 1]^D$ is
-    $$P(k) = \int_{\text{bin}(k)} p(y)\,dy = (2/L)^D\, \mathbb E_u[p(y)]
-    \ge (2/L)^D \exp \mathbb E_u[\log p(y)]$$
-    (Jensen), so
-    $$-\tfrac{1}{D}\log_2 P(k) \le -\frac{\mathbb E_u \log p(y)}{D \ln 2} + \log_2 \frac{L}{2},$$
-    an offset of 7 bits for $L = 256$ (as score_sde). The importance-weighted version
-    replaces $\mathbb E_u \log p$ by $\log \tfrac1N \sum_n p(y_n)$, a tighter bound
-    (Burda et al. 2016). $\log p(y)$ comes from `ode_log_likelihood`.
+    $\log P(x) \ge \mathbb E_{q(y \mid x)}[\log p_0(y) + w(y)]$ for a dequantisation
+    $q$ (see `UniformDequantization`, `ProcessDequantization`), with $\log p_0(y)$ from
+    `ode_log_likelihood`, averaged over `num_samples` draws; the importance-weighted
+    version $\log \tfrac1N \sum_n e^{\log p_0(y_n) + w(y_n)}$ is tighter (Burda et al. 2016).
 
     **Arguments:** as `ode_log_likelihood` (whose keyword arguments pass through), plus
-    `x` on the grid of `num_levels` bin centres, `num_samples` dequantisation draws $N$
-    and `importance_weighted`.
+    `x` on the grid of `num_levels` bin centres, `dequantization` (`"uniform"`,
+    `"process"` or an object), `num_samples` and `importance_weighted`.
 
     **Returns:** the bound, in bits per dimension.
     """
     x = check_discrete(x, num_levels)
-    levels = to_levels(x, num_levels).astype(x.dtype)
+    if isinstance(dequantization, str):
+        if dequantization not in _DEQUANTIZATIONS:
+            raise ValueError(
+                f"Unknown dequantization {dequantization!r}; use one of "
+                f"{sorted(_DEQUANTIZATIONS)} or an AbstractDequantization."
+            )
+        dequantization = _DEQUANTIZATIONS[dequantization]
 
-    def log_prob(k):
-        key_u, key_ode = jax.random.split(k)
-        y = -1.0 + 2.0 * (levels + jax.random.uniform(key_u, x.shape)) / num_levels
-        return ode_log_likelihood(process, score_fn, y, key=key_ode, **ode_kwargs).log_prob
+    def bound(k):
+        key_q, key_ode = jax.random.split(k)
+        y, log_weight = dequantization(process, key_q, x, num_levels)
+        result = ode_log_likelihood(process, score_fn, y, key=key_ode, **ode_kwargs)
+        return result.log_prob + log_weight
 
-    log_probs = jax.vmap(log_prob)(jax.random.split(key, num_samples))
+    bounds = jax.vmap(bound)(jax.random.split(key, num_samples))
     if importance_weighted:
-        estimate = jax.nn.logsumexp(log_probs) - math.log(num_samples)
+        estimate = jax.nn.logsumexp(bounds) - math.log(num_samples)
     else:
-        estimate = jnp.mean(log_probs)
-    return -estimate / (x.size * math.log(2.0)) + math.log2(num_levels / 2)
+        estimate = jnp.mean(bounds)
+    return -estimate / (x.size * math.log(2.0))
 
 
 def dense_vlb(
@@ -292,10 +354,8 @@ def dense_vlb(
     """
     x = check_discrete(x, num_levels)
     parameterization = as_parameterization(parameterization)
-    key_state, key_recon, key_steps = jax.random.split(key, 3)
-    u0, log_q = process.initial_state(key_state, x)
-    reconstruction = process.reconstruction_nll(key_recon, u0, x, num_levels)
-    prior = process.prior_kl(u0)
+    key_ends, key_steps = jax.random.split(key)
+    u0, log_q, reconstruction, prior = endpoint_terms(process, x, key_ends, num_levels)
 
     def step(args):
         i, k = args
@@ -308,10 +368,4 @@ def dense_vlb(
     steps = jnp.arange(1, num_steps + 1, dtype=x.dtype)
     keys = jax.random.split(key_steps, num_steps)
     diffusion = jnp.sum(jax.lax.map(step, (steps, keys), batch_size=chunk_size))
-    to_bpd = 1.0 / (x.size * math.log(2.0))
-    return NELBO(
-        total=(reconstruction + prior + diffusion + log_q) * to_bpd,
-        diffusion=diffusion * to_bpd,
-        prior=prior * to_bpd,
-        reconstruction=reconstruction * to_bpd,
-    )
+    return assemble_nelbo(x, reconstruction, prior, diffusion, log_q)

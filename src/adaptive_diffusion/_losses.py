@@ -68,10 +68,8 @@ def nelbo(
     """
     x = check_discrete(x, num_levels)
     parameterization = as_parameterization(parameterization)
-    key_state, key_recon, key_t, key_noise = jax.random.split(key, 4)
-    u0, log_q = process.initial_state(key_state, x)
-    reconstruction = process.reconstruction_nll(key_recon, u0, x, num_levels)
-    prior = process.prior_kl(u0)
+    key_ends, key_t, key_noise = jax.random.split(key, 3)
+    u0, log_q, reconstruction, prior = endpoint_terms(process, x, key_ends, num_levels)
     if t is None:
         t = jax.random.uniform(key_t)
     if num_steps is not None:
@@ -86,6 +84,32 @@ def nelbo(
         diffusion = num_steps * process.diffusion_loss_discrete(
             t - 1.0 / num_steps, t, eps, eps_hat
         )
+    return assemble_nelbo(x, reconstruction, prior, diffusion, log_q)
+
+
+def endpoint_terms(
+    process: AbstractProcess, x: Data, key: PRNGKeyArray, num_levels: int
+) -> tuple[State, Float[Array, ""], Float[Array, ""], Float[Array, ""]]:
+    r"""The state $u_0$ and the terms of the bound that do not involve the network.
+
+    **Returns:** `(u0, log_q, reconstruction, prior)`: $\log q(u_0 \mid x)$, the decoder's
+    $-\log p(x \mid z_0)$ at one draw $z_0 \sim q(z_0 \mid u_0)$, and
+    $\mathrm{KL}(q(u_1 \mid u_0) \Vert p(u_1))$, all in nats.
+    """
+    key_state, key_z0 = jax.random.split(key)
+    u0, log_q = process.initial_state(key_state, x)
+    z0, _ = process.sample_marginal(key_z0, u0, 0.0)
+    return u0, log_q, process.decoder_nll(z0, x, num_levels), process.prior_kl(u0)
+
+
+def assemble_nelbo(
+    x: Data,
+    reconstruction: Float[Array, ""],
+    prior: Float[Array, ""],
+    diffusion: Float[Array, ""],
+    log_q: Float[Array, ""],
+) -> NELBO:
+    """The bound's terms in nats, converted to bits per dimension of `x`."""
     to_bpd = 1.0 / (x.size * math.log(2.0))
     return NELBO(
         total=(reconstruction + prior + diffusion + log_q) * to_bpd,

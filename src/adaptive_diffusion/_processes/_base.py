@@ -17,9 +17,10 @@ nothing else:
 - the link between a network's white-noise prediction and the score:
   `score_from_eps` ($-L_t^{-\top}\varepsilon$) and `eps_from_score`;
 - the terms of the variational bound: `initial_state` (auxiliary variables and their
-  log-density), `reconstruction_nll`, `prior_kl`, `diffusion_loss` (continuous time,
-  $\tfrac12 \lVert G^\top (\hat s - s) \rVert^2$ written in terms of $\varepsilon$) and
-  `diffusion_loss_discrete` (the finite-$T$ version).
+  log-density), `decoder_nll` ($-\log p(x \mid u_0)$), `log_det_scale`
+  ($\log\lvert\det L_t\rvert$, for $\log q(u_t \mid u_0)$), `prior_kl`, `diffusion_loss`
+  (continuous time, $\tfrac12 \lVert G^\top (\hat s - s) \rVert^2$ written in terms of
+  $\varepsilon$) and `diffusion_loss_discrete` (the finite-$T$ version).
 
 How each family fits, without changing this class:
 
@@ -40,9 +41,11 @@ All methods act on a single example; batch with `jax.vmap`.
 """
 
 import abc
+import math
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._custom_types import Data, State, Time
@@ -119,10 +122,19 @@ class AbstractProcess(eqx.Module):
         """
 
     @abc.abstractmethod
-    def reconstruction_nll(
-        self, key: PRNGKeyArray, u0: State, x: Data, num_levels: int
-    ) -> Float[Array, ""]:
-        r"""$-\log p(x \mid u_{t=0})$ in nats for `x` on the grid of `num_levels` bins."""
+    def decoder_nll(self, u: State, x: Data, num_levels: int) -> Float[Array, ""]:
+        r"""$-\log p(x \mid u_{t=0} = u)$ in nats for `x` on the grid of `num_levels` bins."""
+
+    @abc.abstractmethod
+    def log_det_scale(self, t: Time, u: State) -> Float[Array, ""]:
+        r"""$\log \lvert\det L_t\rvert$, so that $\log q(u_t \mid u_0) = -\tfrac12
+        \lVert\varepsilon\rVert^2 - \log\lvert\det L_t\rvert - \tfrac{n}{2}\log 2\pi$."""
+
+    def marginal_log_prob(self, t: Time, eps: State) -> Float[Array, ""]:
+        r"""$\log q(u_t \mid u_0)$ at $u_t$ = `perturb(u0, t, eps)`, in nats."""
+        return -0.5 * (jnp.sum(eps**2) + eps.size * math.log(2 * math.pi)) - self.log_det_scale(
+            t, eps
+        )
 
     @abc.abstractmethod
     def prior_kl(self, u0: State) -> Float[Array, ""]:

@@ -107,15 +107,18 @@ class AbstractVPProcess(AbstractProcess):
         del key
         return x, jnp.zeros((), x.dtype)
 
-    def reconstruction_nll(
-        self, key: PRNGKeyArray, u0: Data, x: Data, num_levels: int
-    ) -> Float[Array, ""]:
-        r"""VDM's decoder: $z_0 \sim q(z_0 \mid x)$, then per dimension a categorical over
-        the bins with location $z_0/\alpha_0$ and scale $\sigma_0 \sqrt{\Sigma_{ii}}/\alpha_0$."""
-        z0, _ = self.sample_marginal(key, u0, 0.0)
-        alpha, sigma = self.alpha_sigma(0.0, u0)
+    def decoder_nll(self, u: Data, x: Data, num_levels: int) -> Float[Array, ""]:
+        r"""VDM's decoder: per dimension a categorical over the bins with location
+        $z_0/\alpha_0$ and scale $\sigma_0 \sqrt{\Sigma_{ii}}/\alpha_0$."""
+        alpha, sigma = self.alpha_sigma(0.0, u)
         scale = sigma * jnp.sqrt(self.covariance.variance()) / alpha
-        return discretized_gaussian_nll(x, z0 / alpha, scale, num_levels)
+        return discretized_gaussian_nll(x, u / alpha, scale, num_levels)
+
+    def log_det_scale(self, t: Time, u: Data) -> Float[Array, ""]:
+        r"""$\log\det(\sigma_t \Sigma^{1/2}) = \sum_i \log\sigma_{t,i}
+        + \tfrac12\log\det\Sigma$, with $\log\sigma^2 = -\operatorname{softplus}(-\gamma)$."""
+        log_sigma = -0.5 * jax.nn.softplus(-self.gamma(t, u))
+        return jnp.sum(jnp.broadcast_to(log_sigma, u.shape)) + 0.5 * self.covariance.logdet()
 
     def prior_kl(self, u0: Data) -> Float[Array, ""]:
         r"""$\mathrm{KL}(\mathcal N(\alpha_1 x, \sigma_1^2\Sigma) \Vert \mathcal N(0, \Sigma))
