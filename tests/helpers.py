@@ -43,9 +43,7 @@ class GaussianMixture(eqx.Module):
         w = jnp.exp(self.log_weights)
         mean = w @ self.means
         centred = self.means - mean[None]
-        cov = jnp.einsum("k,kij->ij", w, self.covs) + jnp.einsum(
-            "k,ki,kj->ij", w, centred, centred
-        )
+        cov = jnp.einsum("k,kij->ij", w, self.covs) + jnp.einsum("k,ki,kj->ij", w, centred, centred)
         return mean, cov
 
 
@@ -77,8 +75,9 @@ def mixture_score(process: ad.AbstractProcess, data: GaussianMixture):
     return score
 
 
-def random_mixture(key: PRNGKeyArray, shape: tuple[int, ...], num_components: int = 3,
-                   scale: float = 0.3) -> GaussianMixture:
+def random_mixture(
+    key: PRNGKeyArray, shape: tuple[int, ...], num_components: int = 3, scale: float = 0.3
+) -> GaussianMixture:
     """A well-separated mixture with random full covariances, inside roughly [-1, 1]."""
     d = math.prod(shape)
     kw, km, kc = jax.random.split(key, 3)

@@ -133,7 +133,12 @@ def test_bits_per_dim_offset_and_bound(getkey):
     num_levels = 16
     x = ad.from_levels(jnp.array([7, 9]), num_levels)
     bpd = ad.ode_bits_per_dim(
-        process, score, x, key=getkey(), num_levels=num_levels, num_samples=64,
+        process,
+        score,
+        x,
+        key=getkey(),
+        num_levels=num_levels,
+        num_samples=64,
         trace="exact",
     )
     # Exact discrete probability of the bin under the (near-Gaussian) p_0, by quadrature.
@@ -147,8 +152,14 @@ def test_bits_per_dim_offset_and_bound(getkey):
     assert bpd >= exact_bpd - 0.02
     assert bpd - exact_bpd < 0.05
     iw = ad.ode_bits_per_dim(
-        process, score, x, key=getkey(), num_levels=num_levels, num_samples=64,
-        importance_weighted=True, trace="exact",
+        process,
+        score,
+        x,
+        key=getkey(),
+        num_levels=num_levels,
+        num_samples=64,
+        importance_weighted=True,
+        trace="exact",
     )
     assert iw <= bpd + 1e-6
 
@@ -162,7 +173,7 @@ def test_unknown_trace_is_an_error(getkey):
 def test_process_dequantization_bounds_discrete_data(getkey):
     # Discrete data on an 8 x 8 grid with the exact score of their t > 0 marginals: the
     # ODE bound through q(z_0 | x) must lie above the entropy H(P) and close to it.
-    from .test_losses import _discrete_data, NUM_LEVELS
+    from .test_losses import NUM_LEVELS, _discrete_data
 
     points, log_probs = _discrete_data()
     process = ad.VP(ad.LinearSchedule(gamma_min=-13.3, gamma_max=20.0))
@@ -173,8 +184,14 @@ def test_process_dequantization_bounds_discrete_data(getkey):
     @jax.vmap
     def bound(x, key):
         return ad.ode_bits_per_dim(
-            process, score, x, key=key, num_levels=NUM_LEVELS, dequantization="process",
-            num_samples=4, trace="exact",
+            process,
+            score,
+            x,
+            key=key,
+            num_levels=NUM_LEVELS,
+            dequantization="process",
+            num_samples=4,
+            trace="exact",
         )
 
     bpd = bound(points, jax.random.split(getkey(), points.shape[0]))

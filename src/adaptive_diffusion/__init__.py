@@ -1,5 +1,6 @@
 """adaptive-diffusion: diffusion models whose forward noise process is designed or learned."""
 
+from . import nn as nn
 from ._covariance import (
     AbstractCovariance as AbstractCovariance,
     IdentityCovariance as IdentityCovariance,

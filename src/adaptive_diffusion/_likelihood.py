@@ -80,8 +80,7 @@ class HutchinsonTrace(AbstractTraceEstimator):
             raise ValueError(f"num_probes must be at least 1, got {self.num_probes}.")
         if self.distribution not in ("rademacher", "gaussian"):
             raise ValueError(
-                f"Unknown probe distribution {self.distribution!r}; use 'rademacher' or "
-                "'gaussian'."
+                f"Unknown probe distribution {self.distribution!r}; use 'rademacher' or 'gaussian'."
             )
         if self.mode not in ("jvp", "vjp"):
             raise ValueError(f"Unknown mode {self.mode!r}; use 'jvp' or 'vjp'.")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import equinox as eqx
 
 from ._custom_types import State, Time
-from ._processes import AbstractProcess, AbstractVPProcess
+from ._processes import AbstractProcess, require_vp
 
 
 class AbstractParameterization(eqx.Module):
@@ -31,15 +31,6 @@ class AbstractParameterization(eqx.Module):
     @abc.abstractmethod
     def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
         r"""The score $\nabla_u \log p_t(u)$ implied by `output`."""
-
-
-def _require_vp(process: AbstractProcess, what: str) -> AbstractVPProcess:
-    if not isinstance(process, AbstractVPProcess):
-        raise TypeError(
-            f"{what} needs a VP-type process (VP, DiagonalVP, NonIsotropicVP), got "
-            f"{type(process).__name__}; use EpsilonPrediction or ScorePrediction."
-        )
-    return process
 
 
 class EpsilonPrediction(AbstractParameterization):
@@ -56,7 +47,9 @@ class DataPrediction(AbstractParameterization):
     r"""The network predicts the clean data $x_0$."""
 
     def to_eps(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
-        return _require_vp(process, "DataPrediction").eps_from_x0(u, t, output)
+        return require_vp(
+            process, "DataPrediction", "EpsilonPrediction or ScorePrediction"
+        ).eps_from_x0(u, t, output)
 
     def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
         return process.score_from_eps(u, t, self.to_eps(process, output, u, t))
@@ -66,7 +59,9 @@ class VelocityPrediction(AbstractParameterization):
     r"""The network predicts the velocity $v = \alpha_t \varepsilon - \sigma_t x_0$."""
 
     def to_eps(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
-        return _require_vp(process, "VelocityPrediction").eps_from_v(u, t, output)
+        return require_vp(
+            process, "VelocityPrediction", "EpsilonPrediction or ScorePrediction"
+        ).eps_from_v(u, t, output)
 
     def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
         return process.score_from_eps(u, t, self.to_eps(process, output, u, t))

@@ -20,16 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 from ._custom_types import Data, State, Time
-from ._processes import AbstractProcess, AbstractVPProcess
-
-
-def _require_vp(process: AbstractProcess, sampler: str) -> AbstractVPProcess:
-    if not isinstance(process, AbstractVPProcess):
-        raise TypeError(
-            f"{sampler} needs a VP-type process (VP, DiagonalVP, NonIsotropicVP), got "
-            f"{type(process).__name__}; use sample_ode or sample_sde."
-        )
-    return process
+from ._processes import AbstractProcess, require_vp
 
 
 def sample_ode(
@@ -150,9 +141,7 @@ def sample_sde(
         t = t1 - r
         return -process.reverse_drift(u, t, score(u, t))
 
-    terms = diffrax.MultiTerm(
-        diffrax.ODETerm(drift), _AdditiveNoiseTerm(process, brownian, t1)
-    )
+    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), _AdditiveNoiseTerm(process, brownian, t1))
     sol = diffrax.diffeqsolve(
         terms,
         solver,
@@ -192,7 +181,7 @@ def sample_ancestral(
 
     **Arguments:** `process` (VP-type), `score_fn`, `key`, `shape`, and `num_steps` $T$.
     """
-    vp = _require_vp(process, "sample_ancestral")
+    vp = require_vp(process, "sample_ancestral", "sample_ode or sample_sde")
     key_prior, key_steps = jax.random.split(key)
     z1 = vp.prior_sample(key_prior, shape)
 
@@ -230,7 +219,7 @@ def sample_ddim(
     **Arguments:** `process` (VP-type), `score_fn`, `key` (for the prior draw), `shape`,
     and `num_steps` $T$.
     """
-    vp = _require_vp(process, "sample_ddim")
+    vp = require_vp(process, "sample_ddim", "sample_ode or sample_sde")
     z1 = vp.prior_sample(key, shape)
 
     def step(z, t):

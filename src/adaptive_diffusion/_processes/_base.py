@@ -58,9 +58,7 @@ class AbstractProcess(eqx.Module):
     def perturb(self, u0: State, t: Time, eps: State) -> State:
         r"""The marginal map $u_t = A_t u_0 + L_t \varepsilon$ for white `eps`."""
 
-    def sample_marginal(
-        self, key: PRNGKeyArray, u0: State, t: Time
-    ) -> tuple[State, State]:
+    def sample_marginal(self, key: PRNGKeyArray, u0: State, t: Time) -> tuple[State, State]:
         r"""Draw $u_t \sim q(u_t \mid u_0)$.
 
         **Returns:** `(u_t, eps)` with `eps` the white noise used, shaped like `u0`.

@@ -143,6 +143,16 @@ class AbstractVPProcess(AbstractProcess):
         return 0.5 * jnp.sum(jnp.expm1(delta) * jnp.square(eps - eps_hat))
 
 
+def require_vp(process: AbstractProcess, what: str, instead: str) -> AbstractVPProcess:
+    """Return `process` if it is VP-type, else raise a `TypeError` naming `instead`."""
+    if not isinstance(process, AbstractVPProcess):
+        raise TypeError(
+            f"{what} needs a VP-type process (VP, DiagonalVP, NonIsotropicVP), got "
+            f"{type(process).__name__}; use {instead}."
+        )
+    return process
+
+
 class VP(AbstractVPProcess):
     r"""The scalar variance-preserving process of VDM, $x_t = \alpha_t x_0 + \sigma_t
     \varepsilon$ with one $\gamma(t)$ for all dimensions.
