@@ -39,8 +39,11 @@ def trained_model(steps: int) -> demo.Model:
     return demo.train(model, train_x, key=jax.random.key(1), steps=steps, log=lambda s: None)
 
 
-def score_sde_baseline(process, score, ys, probes, tol):
-    """scipy RK45 over the flattened batch, a jitted drift + VJP divergence per evaluation."""
+def score_sde_baseline(process, score, ys, probes):
+    """scipy RK45 over the flattened batch, a jitted drift + VJP divergence per evaluation.
+
+    Returns `run(tol) -> (log_prob, nfe)`; the jitted function is compiled once.
+    """
     shape = ys.shape
 
     @jax.jit
@@ -57,11 +60,27 @@ def score_sde_baseline(process, score, ys, probes, tol):
         value, div = drift_and_divergence(x, jnp.float32(t), probes)
         return np.concatenate([np.asarray(value).reshape(-1), np.asarray(div)]).astype(np.float64)
 
-    init = np.concatenate([np.asarray(ys).reshape(-1), np.zeros(shape[0])])
-    sol = solve_ivp(ode_func, (0.0, 1.0), init, rtol=tol, atol=tol, method="RK45")
-    x1 = jnp.asarray(sol.y[: -shape[0], -1].reshape(shape), jnp.float32)
-    log_prob = np.asarray(jax.vmap(process.prior_log_prob)(x1)) + sol.y[-shape[0] :, -1]
-    return log_prob, np.full(shape[0], sol.nfev)
+    def run(tol):
+        init = np.concatenate([np.asarray(ys).reshape(-1), np.zeros(shape[0])])
+        sol = solve_ivp(ode_func, (0.0, 1.0), init, rtol=tol, atol=tol, method="RK45")
+        x1 = jnp.asarray(sol.y[: -shape[0], -1].reshape(shape), jnp.float32)
+        log_prob = np.asarray(jax.vmap(process.prior_log_prob)(x1)) + sol.y[-shape[0] :, -1]
+        return log_prob, np.full(shape[0], sol.nfev)
+
+    return run
+
+
+class FixedProbes(ad.AbstractTraceEstimator):
+    """Hutchinson with given probes: the float64 reference must see the float32 solves'
+    probes, and JAX draws other Rademacher signs when x64 is enabled."""
+
+    probes: jax.Array
+
+    def init(self, key, u):
+        return self.probes.astype(u.dtype)
+
+    def __call__(self, f, u, probes):
+        return ad.HutchinsonTrace()(f, u, probes)
 
 
 def ours(process, score, ys, keys, tol, solver, mode):
@@ -81,32 +100,35 @@ def ours(process, score, ys, keys, tol, solver, mode):
     return lambda: run(ys, keys)
 
 
-def reference(model, ys, keys, trace):
-    """float64 solve at rtol = atol = 1e-9."""
+def reference(model, ys, probes):
+    """float64 solves at rtol = atol = 1e-9: exact trace, and Hutchinson with `probes`."""
     with jax.enable_x64():
         model64 = jax.tree.map(
             lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model
         )
         score = ad.score_fn(model64.process, model64.denoiser, demo.PARAMETERIZATION)
 
-        @jax.jit
-        def run(ys, keys):
-            return jax.vmap(
-                lambda y, k: (
-                    ad.ode_log_likelihood(
-                        model64.process,
-                        score,
-                        y,
-                        key=k,
-                        trace=trace,
-                        rtol=1e-9,
-                        atol=1e-9,
-                        max_steps=200_000,
-                    ).log_prob
-                )
-            )(ys.astype(jnp.float64), keys)
+        def solve(y, trace):
+            return ad.ode_log_likelihood(
+                model64.process,
+                score,
+                y,
+                key=jax.random.key(0),
+                trace=trace,
+                solver=diffrax.Dopri8(),
+                rtol=1e-9,
+                atol=1e-9,
+                max_steps=200_000,
+            ).log_prob
 
-        return np.asarray(run(ys, keys))
+        @jax.jit
+        def run(ys, probes):
+            exact = jax.vmap(lambda y: solve(y, ad.ExactTrace()))(ys)
+            same = jax.vmap(lambda y, p: solve(y, FixedProbes(p)))(ys, probes)
+            return exact, same
+
+        exact, same = run(ys.astype(jnp.float64), probes.astype(jnp.float64))
+        return np.asarray(exact), np.asarray(same)
 
 
 def timed(fn, repeats=3):
@@ -140,24 +162,18 @@ def main():
     )
     keys = jax.random.split(jax.random.key(11), n)
     probes = jax.vmap(lambda k, y: ad.HutchinsonTrace().init(k, y)[0])(keys, ys)
+    # ours draws the same probes from the same keys (checked below against the reference).
 
-    exact = reference(model, ys, keys, ad.ExactTrace())
-    same_probe = reference(model, ys, keys, ad.HutchinsonTrace())
+    exact, same_probe = reference(model, ys, probes[:, None])
 
-    methods = {
-        "score_sde (scipy RK45, VJP)": lambda tol: (
-            lambda: score_sde_baseline(process, score, ys, probes, tol)
-        ),
-        "diffrax Dopri5 vmap, VJP": lambda tol: ours(
-            process, score, ys, keys, tol, diffrax.Dopri5(), "vjp"
-        ),
-        "diffrax Tsit5 vmap, VJP": lambda tol: ours(
-            process, score, ys, keys, tol, diffrax.Tsit5(), "vjp"
-        ),
-        "diffrax Tsit5 vmap, JVP": lambda tol: ours(
-            process, score, ys, keys, tol, diffrax.Tsit5(), "jvp"
-        ),
-    }
+    baseline = score_sde_baseline(process, score, ys, probes)
+    methods = {"score_sde (scipy RK45, VJP)": lambda tol: lambda: baseline(tol)}
+    for solver in (diffrax.Tsit5(), diffrax.Dopri5()):
+        for mode in ("jvp", "vjp"):
+            name = f"diffrax {type(solver).__name__} vmap, {mode.upper()}"
+            methods[name] = lambda tol, solver=solver, mode=mode: ours(
+                process, score, ys, keys, tol, solver, mode
+            )
 
     def _run(method, tol):
         seconds, (log_prob, nfe) = timed(methods[method](tol))

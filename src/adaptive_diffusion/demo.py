@@ -17,14 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
-from sklearn.datasets import load_digits
 
-from ._discrete import from_levels
 from ._likelihood import ode_bits_per_dim
 from ._losses import batch_nelbo
 from ._parameterizations import score_fn
 from ._processes import VP
 from ._schedules import LearnedSchedule
+from .data import DigitsSource, levels_to_centres
 from .nn import MLPDenoiser
 
 
@@ -34,14 +33,13 @@ NUM_LEVELS = 17
 PARAMETERIZATION = "eps"
 
 
-def digits_split(
-    num_test: int = 297, seed: int = 0
-) -> tuple[Float[np.ndarray, "n 1 8 8"], Float[np.ndarray, "m 1 8 8"]]:
-    """The 1797 digits as bin centres, shape `(N, 1, 8, 8)`, split into train and test."""
-    levels = load_digits().images.astype(np.int32)  # pyright: ignore[reportAttributeAccessIssue]
-    order = np.random.default_rng(seed).permutation(len(levels))
-    x = np.asarray(from_levels(jnp.asarray(levels[order]), NUM_LEVELS))[:, None]
-    return x[num_test:], x[:num_test]
+def digits_split() -> tuple[Float[np.ndarray, "n 1 8 8"], Float[np.ndarray, "m 1 8 8"]]:
+    """The digits' train (1500) and test (297) splits as bin centres, `(N, 1, 8, 8)`."""
+    train, test = DigitsSource("train"), DigitsSource("test")
+    return (
+        levels_to_centres(train.images, NUM_LEVELS),
+        levels_to_centres(test.images, NUM_LEVELS),
+    )
 
 
 class Model(eqx.Module):
