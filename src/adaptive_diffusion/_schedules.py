@@ -55,6 +55,11 @@ def alpha_sigma(gamma: Gamma) -> tuple[Gamma, Gamma]:
     return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
 
 
+def _check_endpoints(name: str, gamma_min: float, gamma_max: float):
+    if not gamma_min < gamma_max:
+        raise ValueError(f"{name} needs gamma_min < gamma_max, got {gamma_min} and {gamma_max}.")
+
+
 class LinearSchedule(AbstractSchedule):
     r"""$\gamma(t) = \gamma_{\min} + (\gamma_{\max} - \gamma_{\min})\, t$ (VDM's fixed schedule).
 
@@ -66,11 +71,7 @@ class LinearSchedule(AbstractSchedule):
     gamma_max: float = 5.0
 
     def __check_init__(self):
-        if not self.gamma_min < self.gamma_max:
-            raise ValueError(
-                f"LinearSchedule needs gamma_min < gamma_max, got {self.gamma_min} and "
-                f"{self.gamma_max}."
-            )
+        _check_endpoints(type(self).__name__, self.gamma_min, self.gamma_max)
 
     def __call__(self, t: Time) -> Float[Array, ""]:
         t = jnp.asarray(t, dtype=jnp.result_type(float))
@@ -94,11 +95,7 @@ class CosineSchedule(AbstractSchedule):
     gamma_max: float = 5.0
 
     def __check_init__(self):
-        if not self.gamma_min < self.gamma_max:
-            raise ValueError(
-                f"CosineSchedule needs gamma_min < gamma_max, got {self.gamma_min} and "
-                f"{self.gamma_max}."
-            )
+        _check_endpoints(type(self).__name__, self.gamma_min, self.gamma_max)
 
     def __call__(self, t: Time) -> Float[Array, ""]:
         t = jnp.asarray(t, dtype=jnp.result_type(float))
@@ -149,10 +146,7 @@ class LearnedSchedule(AbstractSchedule):
         gamma_max: float = 5.0,
         hidden: int = 1024,
     ):
-        if not gamma_min < gamma_max:
-            raise ValueError(
-                f"LearnedSchedule needs gamma_min < gamma_max, got {gamma_min} and {gamma_max}."
-            )
+        _check_endpoints(type(self).__name__, gamma_min, gamma_max)
         k2, k3 = jax.random.split(key)
         self.gamma_0 = jnp.asarray(gamma_min, dtype=float)
         self.raw_width = jnp.asarray(_inverse_softplus(gamma_max - gamma_min), dtype=float)

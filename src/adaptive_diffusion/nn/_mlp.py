@@ -58,6 +58,7 @@ class MLPDenoiser(eqx.Module):
     data_shape: tuple[int, ...] = eqx.field(static=True)
     time_features: int = eqx.field(static=True)
     time_scale: float = eqx.field(static=True)
+    max_period: float = eqx.field(static=True)
     cond_dim: int = eqx.field(static=True)
 
     def __init__(
@@ -68,7 +69,8 @@ class MLPDenoiser(eqx.Module):
         width: int = 256,
         depth: int = 3,
         time_features: int = 64,
-        time_scale: float = 50.0,
+        time_scale: float = 200.0,
+        max_period: float = 200.0,
         cond_dim: int = 0,
     ):
         """**Arguments:**
@@ -78,17 +80,20 @@ class MLPDenoiser(eqx.Module):
         - `width`: the number of units in each hidden layer.
         - `depth`: the number of residual blocks.
         - `time_features`: the length of the sinusoidal embedding of `t`.
-        - `time_scale`: the embedding's `scale`; its fastest feature is `sin(time_scale * t)`.
-            The default 50 (not DDPM's 1000) keeps the network smooth in `t`: with a
-            period of 0.006 in `t`, the fastest features of the 1000 scale make an
-            adaptive probability-flow solve take ~3x more steps (244 against 86
-            evaluations at rtol = atol = 1e-5 on digits) for no better bound.
+        - `time_scale`, `max_period`: the embedding's frequencies run log-spaced from
+            `time_scale` down to `time_scale / max_period` radians per unit `t`. The
+            defaults (200 down to 1) keep the network smooth in `t`: DDPM's embedding (1000
+            down to 0.1) fits digits no better (held-out ELBO 2.301 +- 0.053 against 2.311 +-
+            0.043 bits/dim after 6000 steps) but its `sin(1000 t)` features, of period
+            0.006, make an adaptive probability-flow solve take 190 instead of 110
+            evaluations (Dopri5, rtol = atol = 1e-5).
         - `cond_dim`: the length of the optional conditioning vector `cond`; `0`
             (the default) for an unconditional model.
         """
         self.data_shape = tuple(int(d) for d in data_shape)
         self.time_features = time_features
         self.time_scale = time_scale
+        self.max_period = max_period
         self.cond_dim = cond_dim
         size = math.prod(self.data_shape)
         k_embed, k_cond, k_lift, k_blocks, k_out = jax.random.split(key, 5)
@@ -126,9 +131,9 @@ class MLPDenoiser(eqx.Module):
         del key
         if x.shape != self.data_shape:
             raise ValueError(f"Expected `x` of shape {self.data_shape}, got {x.shape}.")
-        features = sinusoidal_embedding(t, self.time_features, scale=self.time_scale).astype(
-            x.dtype
-        )
+        features = sinusoidal_embedding(
+            t, self.time_features, scale=self.time_scale, max_period=self.max_period
+        ).astype(x.dtype)
         if self.cond_proj is not None:
             if cond is None or cond.shape != (self.cond_dim,):
                 got = None if cond is None else cond.shape

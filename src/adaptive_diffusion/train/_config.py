@@ -1,0 +1,348 @@
+"""The training configuration: frozen dataclasses, loaded from YAML with overrides.
+
+A run is described by one [`adaptive_diffusion.train.Config`][], a tree of frozen
+dataclasses with typed fields and defaults. It is read from a YAML file whose nesting
+mirrors the dataclasses, and patched from the command line by dotted overrides such as
+`"optimizer.lr=1e-4"`, each value parsed by the type of the field it sets. Unknown keys
+and values of the wrong type raise a `ValueError` naming the key, so a typo never
+silently falls back to a default.
+"""
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Union
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessConfig:
+    r"""The forward process: a VP process and its log-SNR schedule.
+
+    **Arguments:**
+
+    - `schedule`: `"linear"`, `"cosine"` or `"learned"` (VDM's monotone network).
+    - `gamma_min`, `gamma_max`: the endpoints $\gamma(0)$ and $\gamma(1)$ of the
+      negative log-SNR.
+    """
+
+    schedule: Literal["linear", "cosine", "learned"] = "learned"
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """The denoiser.
+
+    **Arguments:**
+
+    - `kind`: `"mlp"` or `"unet"`.
+    - `width`, `depth`: hidden units and residual blocks of the MLP.
+    - `channels`, `n_layers`: base channels and residual layers of the UNet.
+    """
+
+    kind: Literal["mlp", "unet"] = "mlp"
+    width: int = 256
+    depth: int = 3
+    channels: int = 64
+    n_layers: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The training data.
+
+    **Arguments:**
+
+    - `source`: `"digits"`, `"patches"`, `"cifar10"`, `"imagenet32"`, `"folder"` or `"npz"`.
+    - `path`: where the files are (unused by `"digits"` and `"patches"`).
+    - `patch_size`: the side of the square patches of the `"patches"` source.
+    """
+
+    source: Literal["digits", "patches", "cifar10", "imagenet32", "folder", "npz"] = "digits"
+    path: str | None = None
+    patch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with gradient clipping, linear warmup, cosine decay and an EMA of the weights.
+
+    **Arguments:**
+
+    - `lr`: the peak learning rate, reached after `warmup_steps`.
+    - `warmup_steps`: steps of linear warmup from 0.
+    - `weight_decay`: AdamW's decoupled weight decay (applied to matrices only).
+    - `clip_norm`: the global gradient norm is clipped to this value.
+    - `ema_decay`: the decay of the exponential moving average of the parameters.
+    """
+
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh.
+
+    **Arguments:**
+
+    - `data`: the size of the `"data"` axis; `-1` for all devices.
+    """
+
+    data: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A training run.
+
+    **Arguments:**
+
+    - `process`, `network`, `data`, `optimizer`, `mesh`: the sections above.
+    - `batch_size`: the global batch size, across all hosts and devices.
+    - `steps`: the number of optimizer steps.
+    - `eval_every`, `checkpoint_every`: intervals in steps.
+    - `max_to_keep`: checkpoints kept on disk.
+    - `seed`: the seed of every random choice of the run.
+    - `max_consecutive_nonfinite`: training stops with an error after more consecutive
+      steps than this with a non-finite loss or gradient (each of which is skipped).
+    """
+
+    process: ProcessConfig = ProcessConfig()
+    network: NetworkConfig = NetworkConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    mesh: MeshConfig = MeshConfig()
+    batch_size: int = 128
+    steps: int = 10_000
+    eval_every: int = 1_000
+    checkpoint_every: int = 1_000
+    max_to_keep: int = 3
+    seed: int = 0
+    max_consecutive_nonfinite: int = 10
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps", "eval_every", "checkpoint_every", "max_to_keep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.max_consecutive_nonfinite < 0:
+            raise ValueError(
+                f"max_consecutive_nonfinite must be >= 0, got {self.max_consecutive_nonfinite}."
+            )
+        if not 0.0 <= self.optimizer.ema_decay <= 1.0:
+            decay = self.optimizer.ema_decay
+            raise ValueError(f"optimizer.ema_decay must be in [0, 1], got {decay}.")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        """The config with the values of a nested mapping, defaults elsewhere.
+
+        **Arguments:**
+
+        - `data`: a mapping whose nesting mirrors the dataclasses, e.g.
+          `{"optimizer": {"lr": 1e-3}, "steps": 100}`.
+
+        **Raises:** `ValueError` on an unknown key or a value of the wrong type.
+        """
+        return _from_dict(cls, data, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Config":
+        """The config in a YAML file (an empty file gives the defaults).
+
+        **Arguments:**
+
+        - `path`: the YAML file.
+        """
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {data!r}.")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts, for YAML or JSON next to a checkpoint."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | os.PathLike) -> None:
+        """Write the config to a YAML file that `from_yaml` reads back.
+
+        **Arguments:**
+
+        - `path`: the file to write.
+        """
+        with open(path, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+    def with_overrides(self, overrides: Sequence[str]) -> "Config":
+        """A copy with dotted overrides applied in order.
+
+        **Arguments:**
+
+        - `overrides`: strings `"section.field=value"` or `"field=value"`, e.g.
+          `"optimizer.lr=1e-4"`, `"data.path=none"`. The value is parsed by the type of the
+          field: `int`, `float`, `bool` (`true`/`false`), a literal choice, or a string;
+          `none`/`null` sets an optional field to `None`.
+
+        **Raises:** `ValueError` on a malformed override, an unknown key or a value that
+        does not parse as the field's type.
+        """
+        data = self.to_dict()
+        for override in overrides:
+            dotted, sep, text = override.partition("=")
+            if not sep or not dotted.strip():
+                raise ValueError(f"Override {override!r} is not of the form 'key=value'.")
+            parts = dotted.strip().split(".")
+            cls: type = type(self)
+            node = data
+            for i, part in enumerate(parts):
+                prefix = ".".join(parts[:i])
+                hints = _fields(cls)
+                if part not in hints:
+                    raise _unknown(prefix + "." + part if prefix else part, hints)
+                tp = hints[part]
+                if i < len(parts) - 1:
+                    if not dataclasses.is_dataclass(tp):
+                        raise ValueError(f"{'.'.join(parts[: i + 1])!r} is not a section.")
+                    assert isinstance(tp, type)
+                    cls, node = tp, node[part]
+                elif dataclasses.is_dataclass(tp):
+                    raise ValueError(f"{dotted!r} is a section; set one of its fields instead.")
+                else:
+                    node[part] = _parse(text.strip(), tp, dotted)
+        return self.from_dict(data)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The config of a run: defaults, then a YAML file, then overrides.
+
+    **Arguments:**
+
+    - `path`: a YAML file, or `None` for the defaults.
+    - `overrides`: dotted overrides, see [`adaptive_diffusion.train.Config.with_overrides`][].
+    """
+    config = Config() if path is None else Config.from_yaml(path)
+    return config.with_overrides(overrides)
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, valid: Mapping[str, Any]) -> ValueError:
+    return ValueError(f"Unknown config key {key!r}; valid keys here are: {', '.join(valid)}.")
+
+
+def _from_dict(cls: Any, data: Any, prefix: str) -> Any:
+    if data is None:  # an empty YAML section, `optimizer:`
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'!r} must be a mapping, got {data!r}.")
+    hints = _fields(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            raise _unknown(name, hints)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _from_dict(tp, value, name + ".")
+        else:
+            kwargs[key] = _check(value, tp, name)
+    return cls(**kwargs)
+
+
+def _optional(tp: Any) -> tuple[bool, Any]:
+    """`(True, X)` for `X | None`, else `(False, tp)`."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return True, args[0]
+    return False, tp
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """`value` as type `tp`, accepting only lossless conversions (int to float)."""
+    optional, tp = _optional(tp)
+    if value is None and optional:
+        return None
+    bad = ValueError(f"Config key {key!r} expects {_describe(tp, optional)}, got {value!r}.")
+    if typing.get_origin(tp) is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool):
+            raise bad
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads `1e-4` without a decimal point as a string.
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"Unsupported config field type {tp!r} for {key!r}.")
+
+
+def _parse(text: str, tp: Any, key: str) -> Any:
+    """The override text `text` parsed as type `tp`."""
+    optional, inner = _optional(tp)
+    if optional and text.lower() in ("none", "null", "~"):
+        return None
+    bad = ValueError(f"Override {key}={text!r}: expected {_describe(inner, optional)}.")
+    if inner is bool:
+        lowered = text.lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        raise bad
+    if inner is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise bad from None
+    if inner is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise bad from None
+    if typing.get_origin(inner) is Literal:
+        for choice in typing.get_args(inner):
+            if str(choice) == text:
+                return choice
+        raise bad
+    return _check(text, tp, key)
+
+
+def _describe(tp: Any, optional: bool) -> str:
+    if typing.get_origin(tp) is Literal:
+        text = "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    else:
+        text = f"a value of type {getattr(tp, '__name__', tp)}"
+    return text + " or None" if optional else text

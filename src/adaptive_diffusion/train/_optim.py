@@ -1,0 +1,73 @@
+"""The optimizer (AdamW, clipping, warmup then cosine decay) and the EMA of the weights."""
+
+import equinox as eqx
+import jax
+import optax
+from jaxtyping import PyTree
+
+from ._config import OptimizerConfig
+
+
+def make_schedule(config: OptimizerConfig, steps: int) -> optax.Schedule:
+    r"""The learning rate: linear warmup from 0 to `lr`, then cosine decay to 0 at `steps`.
+
+    $\eta(s) = \eta_{\max} s / W$ for $s < W$, then
+    $\eta(s) = \tfrac12 \eta_{\max} (1 + \cos(\pi (s - W) / (S - W)))$ up to $S$, and 0 after.
+
+    **Arguments:**
+
+    - `config`: the optimizer section of the config (`lr`, `warmup_steps`).
+    - `steps`: the total number of steps $S$; the warmup $W$ is capped at $S - 1$.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}.")
+    warmup = max(0, min(config.warmup_steps, steps - 1))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.lr, warmup_steps=warmup, decay_steps=steps
+    )
+
+
+def _decay_mask(params: PyTree) -> PyTree:
+    """Weight decay on matrices and kernels only, not on biases, norms or scalars."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: OptimizerConfig, steps: int) -> optax.GradientTransformation:
+    """Gradient clipping by global norm, then AdamW on the schedule of `make_schedule`.
+
+    Use it on the inexact arrays of a model, `eqx.filter(model, eqx.is_inexact_array)`.
+
+    **Arguments:**
+
+    - `config`: the optimizer section of the config.
+    - `steps`: the total number of steps, the length of the cosine decay.
+    """
+    return optax.chain(
+        optax.clip_by_global_norm(config.clip_norm),
+        optax.adamw(
+            make_schedule(config, steps), weight_decay=config.weight_decay, mask=_decay_mask
+        ),
+    )
+
+
+def ema_update(ema: PyTree, params: PyTree, decay: float | jax.Array) -> PyTree:
+    r"""One step of the exponential moving average, $e \leftarrow d\,e + (1 - d)\,p$.
+
+    Pure: a tree map over the floating-point arrays; every other leaf (integer arrays,
+    and the static parts of an Equinox module) is taken from `params`.
+
+    **Arguments:**
+
+    - `ema`: the running average, a pytree with the structure of `params`.
+    - `params`: the current parameters (a model, or its filtered arrays).
+    - `decay`: $d \in [0, 1]$; 0 copies `params`, 1 keeps `ema`.
+
+    **Returns:** the new average, with the structure of `params`.
+    """
+
+    def average(e, p):
+        if eqx.is_inexact_array(p):
+            return (decay * e + (1 - decay) * p).astype(p.dtype)
+        return p
+
+    return jax.tree.map(average, ema, params)

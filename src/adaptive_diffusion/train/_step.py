@@ -1,0 +1,206 @@
+"""The sharded training step: data parallel over a `jax.sharding.Mesh`, non-finite steps skipped.
+
+The batch is split along its leading axis over the mesh's `"data"` axis; parameters,
+optimizer state and EMA are replicated on every device. Under `jit`, XLA's SPMD
+partitioner turns the batch mean in the loss into a per-device partial sum and an
+all-reduce, so the step computes the same numbers as on one device, up to the order of
+floating-point reductions.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from ._optim import ema_update
+from ._state import TrainState
+
+
+DATA_AXIS = "data"
+"""The name of the mesh axis along which the batch is split."""
+
+
+def make_mesh(data_size: int = -1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A one-dimensional mesh with axis `"data"`.
+
+    **Arguments:**
+
+    - `data_size`: how many devices the batch is split over; `-1` for all of them.
+    - `devices`: the devices to use, the first `data_size` of them (default `jax.devices()`,
+      which spans every host in a multi-host run).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    size = len(devices) if data_size == -1 else data_size
+    if not 1 <= size <= len(devices):
+        raise ValueError(f"data_size must be -1 or in [1, {len(devices)}], got {data_size}.")
+    # A "model" axis (tensor parallelism) would be added here: reshape the devices to
+    # (data_size, model_size), name the axes (DATA_AXIS, "model"), and give the large
+    # parameter matrices a PartitionSpec over "model" in `param_sharding` below.
+    return Mesh(np.asarray(devices[:size]).reshape(size), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over `"data"`, other axes whole."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def param_sharding(mesh: Mesh) -> NamedSharding:
+    """Replicated on every device: parameters, optimizer state, EMA, step, key.
+
+    The place for a "model" axis: return a pytree of shardings instead, with
+    `P(None, "model")` for the weight matrices to split.
+    """
+    return NamedSharding(mesh, P())
+
+
+def shard_batch(mesh: Mesh, local_batch: PyTree) -> PyTree:
+    """Put this process's part of the batch onto the mesh, split along `"data"`.
+
+    Works the same on one host (the local batch is the global batch) and on many
+    (each host passes its own slice; the global batch is their concatenation in process
+    order), through `jax.make_array_from_process_local_data`.
+
+    **Arguments:**
+
+    - `mesh`: the mesh of [`adaptive_diffusion.train.make_mesh`][].
+    - `local_batch`: a pytree of host arrays with a common leading batch axis, divisible by
+      the number of this process's devices on the mesh.
+    """
+    sharding = batch_sharding(mesh)
+    local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+    def put(x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] % local_devices:
+            raise ValueError(
+                f"The local batch size {x.shape[:1]} must be divisible by the {local_devices} "
+                "local devices of the mesh."
+            )
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(put, local_batch)
+
+
+def replicate(mesh: Mesh, tree: PyTree) -> PyTree:
+    """Place the arrays of `tree` (e.g. a fresh `TrainState`) on every device of `mesh`.
+
+    **Arguments:**
+
+    - `mesh`: the mesh.
+    - `tree`: any pytree; its non-array leaves are left as they are.
+    """
+    return eqx.filter_shard(tree, param_sharding(mesh))
+
+
+def make_train_step(
+    loss_fn: Callable[[Any, Any, PRNGKeyArray], Float[Array, ""]],
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    ema_decay: float = 0.999,
+) -> Callable[[TrainState, PyTree], tuple[TrainState, dict[str, Array]]]:
+    """The jitted training step `step(state, batch) -> (state, metrics)`.
+
+    One step: a fresh key from `state.key`; the loss and its gradient with respect to
+    the inexact arrays of `state.model`; the optimizer update; the EMA update. When the
+    loss or the gradient norm is not finite, the update is skipped on the device (no
+    host round-trip): model, optimizer state and EMA are returned unchanged, bit for bit,
+    and `nonfinite_count` goes up by one; a finite step sets it back to 0. Check it on the
+    host now and then with [`adaptive_diffusion.train.check_nonfinite`][].
+
+    The input state's buffers are donated (reuse the returned state, never the one passed
+    in); the batch is not, as no output could reuse its memory.
+
+    **Arguments:**
+
+    - `loss_fn`: `loss_fn(model, batch, key) -> scalar`, the mean loss of a batch.
+    - `optimizer`: an optax transformation, e.g. [`adaptive_diffusion.train.make_optimizer`][].
+    - `mesh`: the mesh; the batch should come from [`adaptive_diffusion.train.shard_batch`][]
+      and the state from [`adaptive_diffusion.train.replicate`][].
+    - `ema_decay`: the decay of the EMA (ignored when `state.ema` is `None`).
+
+    **Returns:** the step. `metrics` holds scalars: `loss`, `grad_norm` (before
+    clipping), `skipped` (bool) and `nonfinite_count`.
+    """
+    data = batch_sharding(mesh)
+    replicated = param_sharding(mesh)
+
+    # The batch comes first so that "all-except-first" donates exactly the state.
+    @eqx.filter_jit(donate="all-except-first")
+    def _step(batch: PyTree, state: TrainState) -> tuple[TrainState, dict[str, Array]]:
+        state = eqx.filter_shard(state, replicated)
+        batch = eqx.filter_shard(batch, data)
+        key, step_key = jax.random.split(state.key)
+        params, static = eqx.partition(state.model, eqx.is_inexact_array)
+
+        def loss_of(params):
+            return loss_fn(eqx.combine(params, static), batch, step_key)
+
+        loss, grads = jax.value_and_grad(loss_of)(params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        model = eqx.apply_updates(state.model, updates)
+        ema = None if state.ema is None else ema_update(state.ema, model, ema_decay)
+
+        def keep_if_finite(new, old):
+            # Selects, not arithmetic: a skipped step returns the old arrays exactly.
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        new_dynamic = keep_if_finite(
+            eqx.filter((model, opt_state, ema), eqx.is_array),
+            eqx.filter((state.model, state.opt_state, state.ema), eqx.is_array),
+        )
+        model, opt_state, ema = eqx.combine(
+            new_dynamic, eqx.filter((model, opt_state, ema), eqx.is_array, inverse=True)
+        )
+        nonfinite_count = jnp.where(finite, 0, state.nonfinite_count + 1)
+        new_state = TrainState(
+            model=model,
+            opt_state=opt_state,
+            ema=ema,
+            step=state.step + 1,
+            key=key,
+            nonfinite_count=nonfinite_count,
+        )
+        new_state = eqx.filter_shard(new_state, replicated)
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "skipped": jnp.logical_not(finite),
+            "nonfinite_count": nonfinite_count,
+        }
+        return new_state, metrics
+
+    def step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, Array]]:
+        return _step(batch, state)
+
+    return step
+
+
+def check_nonfinite(state: TrainState, max_consecutive: int) -> None:
+    """Raise if more than `max_consecutive` steps in a row were non-finite.
+
+    A host-side check (it reads one scalar from the device); call it every few steps.
+
+    **Arguments:**
+
+    - `state`: the current state.
+    - `max_consecutive`: the number of consecutive skipped steps tolerated.
+
+    **Raises:** `RuntimeError` naming the count and the last finite step.
+    """
+    count = int(state.nonfinite_count)
+    if count > max_consecutive:
+        last_finite = int(state.step) - count
+        raise RuntimeError(
+            f"{count} consecutive non-finite steps; last finite step {last_finite}; "
+            "lower the learning rate or check the data."
+        )
