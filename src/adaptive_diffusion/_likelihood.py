@@ -104,14 +104,16 @@ class HutchinsonTrace(AbstractTraceEstimator):
 
 
 def _as_trace_estimator(
-    trace: str | AbstractTraceEstimator, num_probes: int, probe: str
+    trace: str | AbstractTraceEstimator,
+    num_probes: int,
+    probe: Literal["rademacher", "gaussian"],
 ) -> AbstractTraceEstimator:
     if isinstance(trace, AbstractTraceEstimator):
         return trace
     if trace == "exact":
         return ExactTrace()
     if trace == "hutchinson":
-        return HutchinsonTrace(num_probes=num_probes, distribution=probe)  # pyright: ignore
+        return HutchinsonTrace(num_probes=num_probes, distribution=probe)
     raise ValueError(
         f"Unknown trace {trace!r}; use 'hutchinson', 'exact' or an AbstractTraceEstimator."
     )
