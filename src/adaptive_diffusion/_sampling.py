@@ -21,6 +21,7 @@ from jaxtyping import PRNGKeyArray
 
 from ._custom_types import Data, State, Time
 from ._processes import AbstractProcess, require_vp
+from ._schedules import alpha_sigma
 
 
 def sample_ode(
@@ -189,8 +190,8 @@ def sample_ancestral(
         t, k = args
         s = t - 1.0 / num_steps
         gamma_t, gamma_s = vp.gamma(t, z), vp.gamma(s, z)
-        alpha_t, sigma_t = vp.alpha_sigma(t, z)
-        alpha_s, sigma_s = vp.alpha_sigma(s, z)
+        alpha_t, sigma_t = alpha_sigma(gamma_t)
+        alpha_s, sigma_s = alpha_sigma(gamma_s)
         c = -jnp.expm1(gamma_s - gamma_t)
         eps_hat = vp.covariance.sqrt_apply(vp.eps_from_score(z, t, score_fn(z, t)))
         mean = alpha_s / alpha_t * (z - sigma_t * c * eps_hat)
