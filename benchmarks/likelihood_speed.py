@@ -3,7 +3,7 @@
 score_sde's `likelihood.py` integrates the probability-flow ODE with scipy's
 `solve_ivp(RK45)` on the host, over the flattened batch, calling a jitted function for
 the drift and the Hutchinson divergence (by reverse mode) at every evaluation. Here the
-same model (a digits denoiser trained by `adaptive_diffusion.demo`), the same 64
+same model (a digits denoiser trained with the shipped `digits` config), the same 64
 held-out digits (dequantised once by q(z_0 | x)), the same Rademacher probes and the
 same tolerances go through both, and through `ad.ode_log_likelihood` (one jitted,
 vmapped diffrax solve per example). Errors are against a float64 exact-trace solve at
@@ -20,6 +20,7 @@ import json
 import math
 import pathlib
 import platform
+import tempfile
 import time
 
 import diffrax
@@ -30,13 +31,21 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 import adaptive_diffusion as ad
-from adaptive_diffusion import demo
+from adaptive_diffusion import train
+from adaptive_diffusion.data import DigitsSource, levels_to_centres
 
 
-def trained_model(steps: int) -> demo.Model:
-    train_x, _ = demo.digits_split()
-    model = demo.make_model(jax.random.key(0))
-    return demo.train(model, train_x, key=jax.random.key(1), steps=steps, log=lambda s: None)
+NUM_LEVELS = 17
+
+
+def trained_model(steps: int) -> train.VPModel:
+    """The digits model after `steps` steps of the shipped config, without its EMA."""
+    config = train.Config.from_yaml(train.config_path("digits")).with_overrides(
+        [f"steps={steps}", "optimizer.ema_decay=0"]
+    )
+    with tempfile.TemporaryDirectory() as workdir:
+        state = train.train(config, workdir, progress=False, pictures=False)
+    return state.model
 
 
 def score_sde_baseline(process, score, ys, probes):
@@ -106,7 +115,7 @@ def reference(model, ys, probes):
         model64 = jax.tree.map(
             lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model
         )
-        score = ad.score_fn(model64.process, model64.denoiser, demo.PARAMETERIZATION)
+        score = ad.score_fn(model64.process, model64.denoiser, model64.parameterization)
 
         def solve(y, trace):
             return ad.ode_log_likelihood(
@@ -152,12 +161,12 @@ def main():
 
     model = trained_model(args.train_steps)
     process = model.process
-    score = ad.score_fn(process, model.denoiser, demo.PARAMETERIZATION)
-    _, test_x = demo.digits_split()
-    xs = jnp.asarray(test_x[: args.num_examples])
+    score = ad.score_fn(process, model.denoiser, model.parameterization)
+    test = DigitsSource("test")
+    xs = jnp.asarray(levels_to_centres(test.images[: args.num_examples], NUM_LEVELS))
     n = xs.shape[0]
     keys_q = jax.random.split(jax.random.key(10), n)
-    ys, _ = jax.vmap(lambda k, x: ad.ProcessDequantization()(process, k, x, demo.NUM_LEVELS))(
+    ys, _ = jax.vmap(lambda k, x: ad.ProcessDequantization()(process, k, x, NUM_LEVELS))(
         keys_q, xs
     )
     keys = jax.random.split(jax.random.key(11), n)

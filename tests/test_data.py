@@ -376,8 +376,8 @@ def test_pipeline_hosts_split_the_global_batch(indexed, num_epochs):
     hosts = [stream(p, 3) for p in range(3)]
     for step in range(3):
         assert all(len(h[step]) == 2 for h in hosts)
-        # Host p holds positions p, p + 3 of each global batch of 6.
-        together = np.stack([h[step] for h in hosts], axis=1).ravel()
+        # Host p holds positions 2p, 2p + 1 of each global batch of 6.
+        together = np.concatenate([h[step] for h in hosts])
         np.testing.assert_array_equal(together, single[step])
     # Within a step, the hosts hold different examples.
     assert len(set(_unflipped(np.concatenate([h[0] for h in hosts])))) == 6

@@ -151,7 +151,7 @@ class LearnedSchedule(AbstractSchedule):
         self.gamma_0 = jnp.asarray(gamma_min, dtype=float)
         self.raw_width = jnp.asarray(_inverse_softplus(gamma_max - gamma_min), dtype=float)
         # Initial weights give a near-linear gamma, as VDM's initialisation does.
-        self.w1 = jnp.asarray(_inverse_softplus(1.0))
+        self.w1 = jnp.asarray(_inverse_softplus(1.0), dtype=float)
         self.b1 = jnp.zeros(())
         self.w2 = jax.random.normal(k2, (hidden,)) - 2.0
         self.b2 = jnp.zeros((hidden,))

@@ -33,20 +33,25 @@ def _flip_coin(index: int, rng: np.random.Generator) -> tuple[int, bool]:
 
 
 class _LoadBatch(eqx.Module):
-    """Gathers a batch of source indices, flips the marked images, maps to bin centres."""
+    """Takes this host's block of a global batch of source indices, gathers the images,
+    flips the marked ones and maps them to bin centres."""
 
     source: AbstractImageSource
+    process_index: int
+    process_count: int
 
     def __call__(
         self,
-        batch: Int[np.ndarray, " b"] | tuple[Int[np.ndarray, " b"], Bool[np.ndarray, " b"]],
-    ) -> Float32[np.ndarray, "b c h w"]:
-        if isinstance(batch, tuple):
-            indices, flips = batch
-            images = self.source[indices]
+        batch: Int[np.ndarray, " global"]
+        | tuple[Int[np.ndarray, " global"], Bool[np.ndarray, " global"]],
+    ) -> Float32[np.ndarray, "local c h w"]:
+        indices, flips = batch if isinstance(batch, tuple) else (batch, None)
+        size = len(indices) // self.process_count
+        block = slice(self.process_index * size, (self.process_index + 1) * size)
+        images = self.source[indices[block]]
+        if flips is not None:
+            flips = flips[block]
             images[flips] = images[flips][..., ::-1]
-        else:
-            images = self.source[batch]
         return levels_to_centres(images, self.source.num_levels)
 
 
@@ -71,11 +76,13 @@ def image_pipeline(
     host: a permutation drawn from `seed`, a new one each epoch (or the source order
     with `shuffle=False`), repeated `num_epochs` times (forever by default). Global
     batch $s$ is positions $[sB, (s + 1)B)$ of the stream; host $p$ of $P$ reads and
-    yields only positions $p, p + P, p + 2P, \dots$ of it, $B / P$ images per batch, so
-    the hosts' batches at step $s$ together make up global batch $s$ (assemble them with
-    `jax.make_array_from_process_local_data`). Each image is optionally flipped
-    left-right with probability 1/2 (a coin per stream position, drawn from `seed`), and
-    its levels $k$ are mapped to $-1 + (2k + 1)/L$, $L$ = `source.num_levels`.
+    yields only its block $[sB + pB/P, sB + (p + 1)B/P)$ of it, $B / P$ images per batch,
+    so the hosts' batches at step $s$, concatenated in process order (as
+    `jax.make_array_from_process_local_data` does), are global batch $s$ in order: a
+    run sees the same batches, example for example, on any number of hosts. Each image
+    is optionally flipped left-right with probability 1/2 (a coin per stream position,
+    drawn from `seed`), and its levels $k$ are mapped to $-1 + (2k + 1)/L$,
+    $L$ = `source.num_levels`.
 
     Iterate with `it = iter(pipeline)`. `it.get_state()` is a small dict recording the
     position in the stream; `it.set_state(state)` on a fresh iterator of the same
@@ -125,7 +132,6 @@ def image_pipeline(
         raise ValueError(f"seed must lie in [0, 2**32), got {seed}.")
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs must be positive or None (forever), got {num_epochs}.")
-    host_batch_size = global_batch_size // process_count
 
     # Independent 32-bit seeds for the shuffle and the flips. grain permutes epoch e with
     # seed + e, so `seed` itself would give runs of adjacent seeds shifted epoch orders.
@@ -151,8 +157,7 @@ def image_pipeline(
                 f"holds {remainder} examples, which {process_count} processes cannot share "
                 "equally; pass drop_remainder=True or choose another global_batch_size."
             )
-    ds = ds[process_index::process_count]
-    ds = ds.batch(host_batch_size).map(_LoadBatch(source))
+    ds = ds.batch(global_batch_size).map(_LoadBatch(source, process_index, process_count))
     read_options = grain.ReadOptions(
         num_threads=read_threads, prefetch_buffer_size=prefetch_batches
     )

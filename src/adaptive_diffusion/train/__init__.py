@@ -1,19 +1,41 @@
-"""The training stack: config, optimizer and EMA, train state, sharded train step."""
+"""The training stack: config, model interface, optimizer and EMA, sharded train step,
+checkpoints, metrics, evaluation, pictures and the command line."""
 
+from ._checkpoint import (
+    RESUMABLE_KEYS as RESUMABLE_KEYS,
+    Checkpointer as Checkpointer,
+    ConfigMismatchError as ConfigMismatchError,
+)
+from ._cli import SHIPPED_CONFIGS as SHIPPED_CONFIGS, config_path as config_path, main as main
 from ._config import (
     Config as Config,
     DataConfig as DataConfig,
+    EvalConfig as EvalConfig,
     MeshConfig as MeshConfig,
     NetworkConfig as NetworkConfig,
     OptimizerConfig as OptimizerConfig,
     ProcessConfig as ProcessConfig,
     load_config as load_config,
 )
+from ._evaluate import (
+    SAMPLERS as SAMPLERS,
+    BitsPerDim as BitsPerDim,
+    evaluate as evaluate,
+    generate as generate,
+)
+from ._metrics import MetricsWriter as MetricsWriter, read_metrics as read_metrics
+from ._model import (
+    AbstractDiffusionModel as AbstractDiffusionModel,
+    VPModel as VPModel,
+    build_model as build_model,
+)
 from ._optim import (
     ema_update as ema_update,
     make_optimizer as make_optimizer,
     make_schedule as make_schedule,
 )
+from ._plots import plot_schedule as plot_schedule, save_image_grid as save_image_grid
+from ._sources import make_source as make_source
 from ._state import TrainState as TrainState, init_state as init_state
 from ._step import (
     DATA_AXIS as DATA_AXIS,
@@ -24,4 +46,11 @@ from ._step import (
     param_sharding as param_sharding,
     replicate as replicate,
     shard_batch as shard_batch,
+)
+from ._trainer import (
+    eval_model as eval_model,
+    setup as setup,
+    train as train,
+    training_loss as training_loss,
+    write_pictures as write_pictures,
 )

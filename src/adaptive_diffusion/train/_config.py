@@ -20,18 +20,23 @@ import yaml
 
 @dataclasses.dataclass(frozen=True)
 class ProcessConfig:
-    r"""The forward process: a VP process and its log-SNR schedule.
+    r"""The forward process, its log-SNR schedule and what the network predicts.
 
     **Arguments:**
 
+    - `kind`: `"vp"`, the scalar variance-preserving process of VDM.
     - `schedule`: `"linear"`, `"cosine"` or `"learned"` (VDM's monotone network).
     - `gamma_min`, `gamma_max`: the endpoints $\gamma(0)$ and $\gamma(1)$ of the
       negative log-SNR.
+    - `parameterization`: what the network predicts: `"eps"` (the noise), `"x"` (the
+      data) or `"v"` (the velocity).
     """
 
+    kind: Literal["vp"] = "vp"
     schedule: Literal["linear", "cosine", "learned"] = "learned"
     gamma_min: float = -13.3
     gamma_max: float = 5.0
+    parameterization: Literal["eps", "x", "v"] = "eps"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,7 @@ class NetworkConfig:
     - `kind`: `"mlp"` or `"unet"`.
     - `width`, `depth`: hidden units and residual blocks of the MLP.
     - `channels`, `n_layers`: base channels and residual layers of the UNet.
+    - `dropout`: the dropout rate inside the UNet's residual blocks, during training only.
     """
 
     kind: Literal["mlp", "unet"] = "mlp"
@@ -50,6 +56,7 @@ class NetworkConfig:
     depth: int = 3
     channels: int = 64
     n_layers: int = 8
+    dropout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +66,22 @@ class DataConfig:
     **Arguments:**
 
     - `source`: `"digits"`, `"patches"`, `"cifar10"`, `"imagenet32"`, `"folder"` or `"npz"`.
-    - `path`: where the files are (unused by `"digits"` and `"patches"`).
+    - `path`: where the files are (unused by `"digits"` and `"patches"`): the folder
+      of the CIFAR-10 batches or the ImageNet32 npz files, which hold both splits, or
+      the training images of `"folder"` (a folder) and `"npz"` (a `.npy`/`.npz` file).
+    - `test_path`: the held-out images of `"folder"` and `"npz"`.
+    - `num_levels`: the number of levels of `"npz"` images (the others know theirs).
     - `patch_size`: the side of the square patches of the `"patches"` source.
+    - `flip`: random horizontal flips of the training images (off by default: they
+      change the distribution whose likelihood is measured).
     """
 
     source: Literal["digits", "patches", "cifar10", "imagenet32", "folder", "npz"] = "digits"
     path: str | None = None
+    test_path: str | None = None
+    num_levels: int = 256
     patch_size: int = 8
+    flip: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +94,20 @@ class OptimizerConfig:
     - `warmup_steps`: steps of linear warmup from 0.
     - `weight_decay`: AdamW's decoupled weight decay (applied to matrices only).
     - `clip_norm`: the global gradient norm is clipped to this value.
-    - `ema_decay`: the decay of the exponential moving average of the parameters.
+    - `lr_decay`: cosine decay of the learning rate to 0 at the last step; without it the
+      rate stays at `lr` after the warmup (as in VDM).
+    - `b1`, `b2`: Adam's decay rates of the first and second moments.
+    - `ema_decay`: the decay of the exponential moving average of the parameters; 0 keeps
+      no average.
     """
 
     lr: float = 2e-3
     warmup_steps: int = 200
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
+    lr_decay: bool = True
+    b1: float = 0.9
+    b2: float = 0.999
     ema_decay: float = 0.999
 
 
@@ -101,15 +124,34 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What is measured and drawn during and after training.
+
+    **Arguments:**
+
+    - `examples`: how many test examples the periodic held-out bound uses.
+    - `num_samples`: how many samples the picture written after training shows.
+    - `sampler`: `"ancestral"`, `"ddim"`, `"ode"` (probability flow) or `"sde"`
+      (reverse SDE).
+    - `sample_steps`: the sampler's steps (ignored by the adaptive `"ode"` sampler).
+    """
+
+    examples: int = 512
+    num_samples: int = 64
+    sampler: Literal["ancestral", "ddim", "ode", "sde"] = "ancestral"
+    sample_steps: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A training run.
 
     **Arguments:**
 
-    - `process`, `network`, `data`, `optimizer`, `mesh`: the sections above.
+    - `process`, `network`, `data`, `optimizer`, `mesh`, `eval`: the sections above.
     - `batch_size`: the global batch size, across all hosts and devices.
     - `steps`: the number of optimizer steps.
-    - `eval_every`, `checkpoint_every`: intervals in steps.
+    - `log_every`, `eval_every`, `checkpoint_every`: intervals in steps.
     - `max_to_keep`: checkpoints kept on disk.
     - `seed`: the seed of every random choice of the run.
     - `max_consecutive_nonfinite`: training stops with an error after more consecutive
@@ -121,8 +163,10 @@ class Config:
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     mesh: MeshConfig = MeshConfig()
+    eval: EvalConfig = EvalConfig()
     batch_size: int = 128
     steps: int = 10_000
+    log_every: int = 50
     eval_every: int = 1_000
     checkpoint_every: int = 1_000
     max_to_keep: int = 3
@@ -130,7 +174,8 @@ class Config:
     max_consecutive_nonfinite: int = 10
 
     def __post_init__(self):
-        for name in ("batch_size", "steps", "eval_every", "checkpoint_every", "max_to_keep"):
+        intervals = ("log_every", "eval_every", "checkpoint_every")
+        for name in ("batch_size", "steps", "max_to_keep", *intervals):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.max_consecutive_nonfinite < 0:

@@ -9,7 +9,8 @@ from ._config import OptimizerConfig
 
 
 def make_schedule(config: OptimizerConfig, steps: int) -> optax.Schedule:
-    r"""The learning rate: linear warmup from 0 to `lr`, then cosine decay to 0 at `steps`.
+    r"""The learning rate: linear warmup from 0 to `lr`, then cosine decay to 0 at `steps`
+    (or constant, with `lr_decay` off).
 
     $\eta(s) = \eta_{\max} s / W$ for $s < W$, then
     $\eta(s) = \tfrac12 \eta_{\max} (1 + \cos(\pi (s - W) / (S - W)))$ up to $S$, and 0 after.
@@ -22,6 +23,10 @@ def make_schedule(config: OptimizerConfig, steps: int) -> optax.Schedule:
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}.")
     warmup = max(0, min(config.warmup_steps, steps - 1))
+    if not config.lr_decay:
+        if warmup == 0:
+            return optax.constant_schedule(config.lr)
+        return optax.linear_schedule(0.0, config.lr, warmup)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=config.lr, warmup_steps=warmup, decay_steps=steps
     )
@@ -45,7 +50,11 @@ def make_optimizer(config: OptimizerConfig, steps: int) -> optax.GradientTransfo
     return optax.chain(
         optax.clip_by_global_norm(config.clip_norm),
         optax.adamw(
-            make_schedule(config, steps), weight_decay=config.weight_decay, mask=_decay_mask
+            make_schedule(config, steps),
+            b1=config.b1,
+            b2=config.b2,
+            weight_decay=config.weight_decay,
+            mask=_decay_mask,
         ),
     )
 

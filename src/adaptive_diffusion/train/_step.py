@@ -105,7 +105,7 @@ def make_train_step(
     *,
     ema_decay: float = 0.999,
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, dict[str, Array]]]:
-    """The jitted training step `step(state, batch) -> (state, metrics)`.
+    r"""The jitted training step `step(state, batch) -> (state, metrics)`.
 
     One step: a fresh key from `state.key`; the loss and its gradient with respect to
     the inexact arrays of `state.model`; the optimizer update; the EMA update. When the
@@ -123,7 +123,9 @@ def make_train_step(
     - `optimizer`: an optax transformation, e.g. [`adaptive_diffusion.train.make_optimizer`][].
     - `mesh`: the mesh; the batch should come from [`adaptive_diffusion.train.shard_batch`][]
       and the state from [`adaptive_diffusion.train.replicate`][].
-    - `ema_decay`: the decay of the EMA (ignored when `state.ema` is `None`).
+    - `ema_decay`: the decay $d$ of the EMA (ignored when `state.ema` is `None`). Step $n$
+      (from 0) uses $\min(d, (1 + n)/(10 + n))$, so the average forgets the initial
+      weights within the first few hundred steps instead of carrying $d^n$ of them.
 
     **Returns:** the step. `metrics` holds scalars: `loss`, `grad_norm` (before
     clipping), `skipped` (bool) and `nonfinite_count`.
@@ -148,7 +150,8 @@ def make_train_step(
 
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         model = eqx.apply_updates(state.model, updates)
-        ema = None if state.ema is None else ema_update(state.ema, model, ema_decay)
+        decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+        ema = None if state.ema is None else ema_update(state.ema, model, decay)
 
         def keep_if_finite(new, old):
             # Selects, not arithmetic: a skipped step returns the old arrays exactly.

@@ -1,0 +1,211 @@
+"""The command line: `adaptive-diffusion train | eval | sample`.
+
+    adaptive-diffusion train  --config digits [--workdir runs/digits] [--set optimizer.lr=1e-3]
+                              [--resume] [--distributed]
+    adaptive-diffusion eval   --checkpoint runs/digits --method elbo|vlb|ode
+    adaptive-diffusion sample --checkpoint runs/digits --num 64 --out samples.png
+
+`--config` takes a YAML file or the name of a shipped config (`digits`, `cifar10`,
+`imagenet32`). Multi-host runs start the same command on every host with
+`--distributed` (see the README for GPU clusters and TPU pod slices).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+from importlib import resources
+
+import jax
+
+from ._checkpoint import Checkpointer, ConfigMismatchError
+from ._config import Config
+from ._evaluate import SAMPLERS, evaluate, generate
+from ._plots import save_image_grid
+from ._trainer import eval_model, setup, train
+
+
+SHIPPED_CONFIGS = ("digits", "cifar10", "imagenet32")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be read."""
+
+
+def config_path(name: str) -> pathlib.Path:
+    """A YAML file: `name` itself if it exists, else the shipped config of that name."""
+    path = pathlib.Path(name)
+    if path.exists():
+        return path
+    if name in SHIPPED_CONFIGS:
+        return pathlib.Path(str(resources.files("adaptive_diffusion") / "configs" / f"{name}.yaml"))
+    raise FileNotFoundError(
+        f"No config file {name!r}; pass a YAML file or one of the shipped configs "
+        f"{', '.join(SHIPPED_CONFIGS)}."
+    )
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize` when `--distributed` is given or `JAX_COORDINATOR_ADDRESS`
+    is set; with no address, JAX detects the cluster (SLURM, Open MPI, Cloud TPU)."""
+    if not (args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        return
+    jax.distributed.initialize(
+        coordinator_address=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
+
+
+def run_directory(checkpoint: str) -> pathlib.Path:
+    """The run folder of `--checkpoint`: the folder itself, or the parent of a
+    `checkpoints/` folder."""
+    path = pathlib.Path(checkpoint)
+    if (path / "checkpoints").is_dir():
+        return path
+    if path.name == "checkpoints" and path.is_dir():
+        return path.parent
+    raise FileNotFoundError(
+        f"{checkpoint!r} holds no checkpoints/ folder; pass the --workdir of a training run."
+    )
+
+
+def load_run(checkpoint: str, raw: bool):
+    """The config, the run (mesh, sources) and the restored model of a run folder."""
+    directory = run_directory(checkpoint)
+    probe = Checkpointer(directory / "checkpoints", Config(), max_to_keep=1)
+    steps = probe.steps()
+    if not steps:
+        probe.close()
+        raise FileNotFoundError(f"{directory / 'checkpoints'} holds no checkpoint yet.")
+    config = probe.stored_config(steps[-1])
+    probe.close()
+    run = setup(config, directory)
+    state = run.checkpointer.restore(run.state)
+    run.checkpointer.close()
+    return config, run, state.model if raw else eval_model(state), int(state.step)
+
+
+def _add_distributed(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() (also done when JAX_COORDINATOR_ADDRESS is set)",
+    )
+    group.add_argument("--coordinator", help="host:port of process 0 (default: detected)")
+    group.add_argument("--num-processes", type=int, help="number of processes (default: detected)")
+    group.add_argument("--process-id", type=int, help="this process's index (default: detected)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptive-diffusion",
+        description="Train diffusion models with designed or learned noise processes; "
+        "evaluate bits/dim; draw samples.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train a model from a config")
+    p.add_argument("--config", default="digits", help="a YAML file or a shipped config name")
+    p.add_argument("--workdir", help="the run folder (default: runs/<config name>)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optimizer.lr=1e-4 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_distributed(p)
+
+    p = commands.add_parser("eval", help="held-out bits/dim of a trained model")
+    p.add_argument("--checkpoint", required=True, help="the run folder (its --workdir)")
+    p.add_argument("--method", choices=("elbo", "vlb", "ode"), default="elbo")
+    p.add_argument("--num-examples", type=int, help="test examples (default: all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-steps", type=int, default=1000, help="steps T of the vlb method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="use the raw weights, not their EMA")
+    p.add_argument("--out", help="also write the result as JSON to this file")
+    p.add_argument("--no-progress", action="store_true")
+    _add_distributed(p)
+
+    p = commands.add_parser("sample", help="draw samples from a trained model")
+    p.add_argument("--checkpoint", required=True, help="the run folder (its --workdir)")
+    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--out", default="samples.png", help="the PNG file of the grid")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ancestral")
+    p.add_argument("--steps", type=int, default=1000, help="sampler steps (not for ode)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="use the raw weights, not their EMA")
+    p.add_argument("--no-progress", action="store_true")
+    _add_distributed(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    initialize_distributed(args)
+    progress = not args.no_progress
+    try:
+        if args.command == "train":
+            path = config_path(args.config)
+            try:
+                config = Config.from_yaml(path).with_overrides(args.overrides)
+            except ValueError as error:
+                raise ConfigError(f"{path}: {error}") from None
+            workdir = args.workdir or os.path.join("runs", path.stem)
+            train(config, workdir, resume=args.resume, progress=progress)
+            print(f"run folder: {workdir}")
+        elif args.command == "eval":
+            _, run, model, step = load_run(args.checkpoint, args.raw)
+            result = evaluate(
+                model,
+                run.test_source,
+                method=args.method,
+                key=jax.random.key(args.seed),
+                mesh=run.mesh,
+                batch_size=args.batch_size,
+                num_examples=args.num_examples,
+                num_steps=args.num_steps,
+                progress=progress,
+            )
+            print(f"step {step}, test split: {result}")
+            if args.out and jax.process_index() == 0:
+                with open(args.out, "w") as f:
+                    json.dump(
+                        {
+                            "step": step,
+                            "method": result.method,
+                            "bpd": result.mean,
+                            "stderr": result.stderr,
+                            "ci95": list(result.ci95),
+                            "num_examples": len(result.values),
+                        },
+                        f,
+                        indent=2,
+                    )
+        else:
+            config, run, model, step = load_run(args.checkpoint, args.raw)
+            levels = generate(
+                model,
+                key=jax.random.key(args.seed),
+                num=args.num,
+                sampler=args.sampler,
+                num_steps=args.steps,
+                mesh=run.mesh,
+                progress=progress,
+            )
+            if jax.process_index() == 0:
+                save_image_grid(levels, model.num_levels, args.out)
+                print(f"step {step}: {args.num} samples ({args.sampler}) written to {args.out}")
+    except (FileNotFoundError, FileExistsError, ConfigMismatchError, ConfigError) as error:
+        print(f"adaptive-diffusion {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

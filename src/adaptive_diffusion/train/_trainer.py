@@ -1,0 +1,228 @@
+"""The training loop of a run: data, mesh, model, steps, metrics, checkpoints, pictures.
+
+`train(config, workdir)` is what `adaptive-diffusion train` runs. The run folder holds
+
+- `config.yaml`: the config of the run;
+- `checkpoints/<step>/`: orbax checkpoints (state, data position, config);
+- `metrics.jsonl` and `tensorboard/`: the training loss, gradient norm, skipped steps,
+  throughput and the periodic held-out bound;
+- `samples.png` and `schedule.png`, written when training ends.
+"""
+
+import dataclasses
+import os
+import pathlib
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+from tqdm.auto import tqdm
+
+from .._discrete import from_levels
+from ..data import AbstractImageSource, image_pipeline
+from ._checkpoint import Checkpointer
+from ._config import Config
+from ._evaluate import evaluate, generate
+from ._metrics import MetricsWriter
+from ._model import AbstractDiffusionModel, build_model
+from ._optim import make_optimizer
+from ._plots import plot_schedule, save_image_grid
+from ._sources import make_source
+from ._state import TrainState, init_state
+from ._step import check_nonfinite, make_mesh, make_train_step, replicate, shard_batch
+
+
+def training_loss(
+    model: AbstractDiffusionModel, batch: Float[Array, " b *shape"], key: PRNGKeyArray
+) -> Float[Array, ""]:
+    """The mean negative ELBO of a batch, bits/dim, with dropout on.
+
+    A batch holding NaN or infinite values gives a NaN loss, so that the train step
+    skips it and counts it, rather than the bound's data check stopping the run: such
+    values are replaced by the lowest bin centre before the bound sees them.
+    """
+    finite = jnp.isfinite(batch)
+    lowest = from_levels(jnp.zeros((), jnp.int32), model.num_levels)
+    safe = jnp.where(finite, batch, lowest)
+    loss = jnp.mean(model.nelbo(safe, key=key, train=True).total)
+    return jnp.where(jnp.all(finite), loss, jnp.nan)
+
+
+@dataclasses.dataclass
+class Run:
+    """What `setup` builds for a run and `train`, `eval` and `sample` share.
+
+    **Fields:** `config`; `mesh`; `train_source` and `test_source`; `state`, the initial
+    (or restored) `TrainState`, replicated on the mesh; `checkpointer`; `optimizer`.
+    """
+
+    config: Config
+    mesh: jax.sharding.Mesh
+    train_source: AbstractImageSource
+    test_source: AbstractImageSource
+    state: TrainState
+    checkpointer: Checkpointer
+    optimizer: optax.GradientTransformation
+
+
+def setup(config: Config, workdir: str | os.PathLike, *, load_test: bool = True) -> Run:
+    """Build the sources, the mesh, the model, the optimizer and the initial state.
+
+    **Arguments:** `config`; `workdir`, the run folder; `load_test`, whether to load
+    the held-out split.
+    """
+    workdir = pathlib.Path(workdir)
+    train_source = make_source(config.data, "train")
+    test_source = make_source(config.data, "test") if load_test else train_source
+    mesh = make_mesh(config.mesh.data)
+    key_model, key_state = jax.random.split(jax.random.key(config.seed))
+    model = build_model(config, train_source.shape, train_source.num_levels, key=key_model)
+    optimizer = make_optimizer(config.optimizer, config.steps)
+    state = init_state(model, optimizer, key_state, ema=config.optimizer.ema_decay > 0)
+    checkpointer = Checkpointer(workdir / "checkpoints", config, max_to_keep=config.max_to_keep)
+    return Run(
+        config, mesh, train_source, test_source, replicate(mesh, state), checkpointer, optimizer
+    )
+
+
+def eval_model(state: TrainState) -> AbstractDiffusionModel:
+    """The model to evaluate and sample: the EMA when there is one."""
+    return state.model if state.ema is None else state.ema
+
+
+def write_pictures(
+    model: AbstractDiffusionModel,
+    config: Config,
+    mesh: jax.sharding.Mesh,
+    directory: str | os.PathLike,
+    *,
+    key: PRNGKeyArray,
+    progress: bool = True,
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write `samples.png` (a grid of `config.eval.num_samples` samples) and
+    `schedule.png` (the noise schedule) into `directory`; returns their paths."""
+    directory = pathlib.Path(directory)
+    key_samples, key_curves = jax.random.split(key)
+    levels = generate(
+        model,
+        key=key_samples,
+        num=config.eval.num_samples,
+        sampler=config.eval.sampler,
+        num_steps=config.eval.sample_steps,
+        mesh=mesh,
+        progress=progress,
+    )
+    samples, schedule = directory / "samples.png", directory / "schedule.png"
+    ts = jnp.linspace(0.0, 1.0, 101)
+    curves = np.asarray(eqx.filter_jit(lambda m, k: m.gamma_curves(ts, key=k))(model, key_curves))
+    if jax.process_index() == 0:
+        save_image_grid(levels, model.num_levels, samples)
+        title = f"noise schedule, {config.data.source}"
+        plot_schedule(np.asarray(ts), curves, schedule, title=title)
+    return samples, schedule
+
+
+def train(
+    config: Config,
+    workdir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    pictures: bool = True,
+) -> TrainState:
+    """Train a run to `config.steps`, checkpointing along the way.
+
+    **Arguments:**
+
+    - `config`: the run's config.
+    - `workdir`: the run folder (created if absent).
+    - `resume`: continue from the latest readable checkpoint in `workdir`. Without it,
+      a `workdir` that already holds checkpoints is refused, so no run is overwritten.
+    - `progress`: show a progress bar (steps/s, images/s, loss, ETA).
+    - `pictures`: write `samples.png` and `schedule.png` at the end.
+
+    **Returns:** the final `TrainState`.
+
+    **Raises:** `FileExistsError` (checkpoints present without `resume`),
+    `ConfigMismatchError` (resuming with another config), `RuntimeError` (too many
+    non-finite steps in a row; the last checkpoint stays the last finite one).
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = setup(config, workdir)
+    state, checkpointer = run.state, run.checkpointer
+    iterator = iter(
+        image_pipeline(
+            run.train_source,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            flip=config.data.flip,
+        )
+    )
+    if checkpointer.steps():
+        if not resume:
+            checkpointer.close()
+            raise FileExistsError(
+                f"{workdir} already holds checkpoints (steps {checkpointer.steps()}); pass "
+                "--resume to continue that run, or choose another --workdir."
+            )
+        state = checkpointer.restore(state, iterator)
+    start = int(state.step)
+    if jax.process_index() == 0:
+        config.to_yaml(workdir / "config.yaml")
+    metrics = MetricsWriter(workdir, resume_step=start if resume else None)
+    step_fn = make_train_step(
+        training_loss, run.optimizer, run.mesh, ema_decay=config.optimizer.ema_decay
+    )
+    key_eval = jax.random.fold_in(jax.random.key(config.seed), 1)
+    bar = tqdm(
+        total=config.steps, initial=start, unit="step", disable=not progress, dynamic_ncols=True
+    )
+    try:
+        window_start, window_steps = time.perf_counter(), 0
+        for step in range(start + 1, config.steps + 1):
+            state, step_metrics = step_fn(state, shard_batch(run.mesh, next(iterator)))
+            window_steps += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                elapsed = time.perf_counter() - window_start
+                rate = window_steps / elapsed
+                values.update(steps_per_s=rate, images_per_s=rate * config.batch_size)
+                metrics.write(step, {f"train/{k}": v for k, v in values.items()})
+                bar.set_postfix(
+                    loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}"
+                )
+                check_nonfinite(state, config.max_consecutive_nonfinite)
+                window_start, window_steps = time.perf_counter(), 0
+            if step % config.eval_every == 0 or step == config.steps:
+                result = evaluate(
+                    eval_model(state),
+                    run.test_source,
+                    method="elbo",
+                    key=jax.random.fold_in(key_eval, step),
+                    mesh=run.mesh,
+                    num_examples=config.eval.examples,
+                    batch_size=config.batch_size,
+                    repeats=1,
+                    progress=False,
+                )
+                metrics.write(step, {"eval/elbo_bpd": result.mean, "eval/elbo_se": result.stderr})
+                bar.write(f"step {step}: held-out {result}")
+                window_start, window_steps = time.perf_counter(), 0
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                checkpointer.save(state, iterator)
+    finally:
+        bar.close()
+        checkpointer.close()
+        metrics.close()
+    if pictures:
+        write_pictures(
+            eval_model(state), config, run.mesh, workdir, key=key_eval, progress=progress
+        )
+    return state
+

@@ -1,0 +1,299 @@
+"""A training run end to end: checkpoints, crash and resume, NaN batches, multi-host, CLI."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from adaptive_diffusion import train
+
+
+TINY = {
+    "process": {"schedule": "linear"},
+    "network": {"kind": "mlp", "width": 32, "depth": 1},
+    "optimizer": {"lr": 1e-3, "warmup_steps": 5, "ema_decay": 0.9},
+    "eval": {"examples": 16, "num_samples": 4, "sampler": "ddim", "sample_steps": 8},
+    "batch_size": 16,
+    "steps": 20,
+    "log_every": 1,
+    "eval_every": 1000,
+    "checkpoint_every": 10,
+}
+
+
+def _write_config(path: pathlib.Path, **changes) -> pathlib.Path:
+    data = {**TINY, **changes}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _env(cache: pathlib.Path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    # Later processes of a test reuse what the first compiled.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env.update(extra)
+    return env
+
+
+def _cli(cache: pathlib.Path, *args, **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "adaptive_diffusion", *args, "--no-progress"],
+        env=_env(cache, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _metric(workdir: pathlib.Path, name: str) -> dict[int, float]:
+    lines = train.read_metrics(workdir / "metrics.jsonl")
+    return {int(line["step"]): line[name] for line in lines if name in line}
+
+
+def _losses(workdir: pathlib.Path) -> dict[int, float]:
+    return _metric(workdir, "train/loss")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny digits model's train step, compiled once for the tests of this module, and a
+    factory of fresh initial states (each step donates the state it is given)."""
+    config = train.Config.from_dict(TINY)
+    mesh = train.make_mesh(1)
+    model = train.build_model(config, (1, 8, 8), 17, key=jax.random.key(0))
+    optimizer = train.make_optimizer(config.optimizer, config.steps)
+    step = train.make_train_step(train.training_loss, optimizer, mesh, ema_decay=0.9)
+
+    def fresh_state():
+        copy = jax.tree.map(lambda x: jnp.copy(x) if eqx.is_array(x) else x, model)
+        return train.replicate(mesh, train.init_state(copy, optimizer, jax.random.key(1)))
+
+    return config, mesh, fresh_state, step
+
+
+def _digits_batch(n: int = 16) -> np.ndarray:
+    images = train.make_source(train.DataConfig(), "train").images[:n]
+    return (-1.0 + (2.0 * images.astype(np.float32) + 1.0) / 17).astype(np.float32)
+
+
+def _arrays(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))]
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+def test_nonfinite_batch_is_skipped_and_never_checkpointed(tmp_path, tiny):
+    config, mesh, fresh_state, step = tiny
+    state = fresh_state()
+    initial = _arrays(state.model)
+    checkpointer = train.Checkpointer(tmp_path / "ck", config, max_to_keep=3)
+    batch = _digits_batch()
+    state, metrics = step(state, train.shard_batch(mesh, batch))
+    assert not bool(metrics["skipped"])
+    before = _arrays(state.model)
+    # The EMA's first step uses decay min(0.9, 1/10): it keeps a tenth of the initial weights.
+    for e, i, m in zip(_arrays(state.ema), initial, before):
+        np.testing.assert_allclose(e, 0.1 * i + 0.9 * m, rtol=1e-6, atol=1e-7)
+    checkpointer.save(state)
+
+    poisoned = batch.copy()
+    poisoned[3, 0, 2, 2] = np.nan
+    state, metrics = step(state, train.shard_batch(mesh, poisoned))
+    assert bool(metrics["skipped"]) and int(metrics["nonfinite_count"]) == 1
+    assert not np.isfinite(float(metrics["loss"]))
+    for a, b in zip(before, _arrays(state.model)):
+        np.testing.assert_array_equal(a, b)  # the update was skipped, bit for bit
+    checkpointer.save(state)
+    assert checkpointer.steps() == [1, 2]
+
+    # A model holding a NaN is refused outright.
+    broken = eqx.tree_at(
+        lambda s: s.model.denoiser.out.bias, state, replace_fn=lambda b: b.at[0].set(jnp.nan)
+    )
+    with pytest.raises(FloatingPointError, match="NaN or infinite"):
+        checkpointer.save(broken)
+    checkpointer.close()
+
+    fresh = train.Checkpointer(tmp_path / "ck", config, max_to_keep=3)
+    restored = fresh.restore(fresh_state())
+    fresh.close()
+    assert int(restored.step) == 2
+    for a, b in zip(before, _arrays(restored.model)):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.all(np.isfinite(a)) for a in _arrays((restored.model, restored.ema)))
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_config_mismatch_is_refused(tmp_path, tiny):
+    config, mesh, fresh_state, step = tiny
+    state = fresh_state()
+    checkpointer = train.Checkpointer(tmp_path / "ck", config, max_to_keep=3)
+    for _ in range(2):
+        state, _ = step(state, train.shard_batch(mesh, _digits_batch()))
+        checkpointer.save(state)
+    checkpointer.close()
+
+    # Garble every file of the latest checkpoint's arrays.
+    for path in (tmp_path / "ck" / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\x00garbage" * 7)
+    fresh = train.Checkpointer(tmp_path / "ck", config, max_to_keep=3)
+    with pytest.warns(UserWarning, match="step 2 .* could not be read.*falling back"):
+        restored = fresh.restore(fresh_state())
+    assert int(restored.step) == 1
+    assert jax.random.key_data(restored.key).shape == (2,)  # a typed key again
+    fresh.close()
+
+    other = config.with_overrides(["optimizer.lr=0.5", "eval_every=7"])  # eval_every may change
+    mismatched = train.Checkpointer(tmp_path / "ck", other, max_to_keep=3)
+    match = r"optimizer\.lr: checkpoint 0\.001, now 0\.5"
+    with pytest.raises(train.ConfigMismatchError, match=match):
+        mismatched.restore(fresh_state())
+    mismatched.close()
+
+
+# ------------------------------------------------------------------------ command line
+
+
+def test_cli_train_eval_sample(tmp_path, capsys):
+    config = _write_config(tmp_path / "tiny.yaml")
+    workdir = tmp_path / "run"
+    args = ["train", "--config", str(config), "--workdir", str(workdir), "--no-progress"]
+    assert train.main(args) == 0
+    for name in ("config.yaml", "metrics.jsonl", "samples.png", "schedule.png"):
+        assert (workdir / name).is_file(), name
+    assert any((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    checkpointer = train.Checkpointer(workdir / "checkpoints", train.Config(), max_to_keep=3)
+    assert checkpointer.steps() == [10, 20]
+    checkpointer.close()
+    assert sorted(_losses(workdir)) == list(range(1, 21))
+    assert all(np.isfinite(v) for v in _losses(workdir).values())
+    lines = train.read_metrics(workdir / "metrics.jsonl")
+    assert [line["step"] for line in lines if "eval/elbo_bpd" in line] == [20]
+
+    for method in ("elbo", "vlb", "ode"):
+        out = tmp_path / f"{method}.json"
+        args = ["eval", "--checkpoint", str(workdir), "--method", method, "--num-examples", "6"]
+        assert train.main([*args, "--num-steps", "16", "--out", str(out), "--no-progress"]) == 0
+        result = json.loads(out.read_text())
+        assert result["num_examples"] == 6 and result["step"] == 20
+        low, high = result["ci95"]
+        assert 0 < low < result["bpd"] < high < 30, result
+    assert "95% CI" in capsys.readouterr().out
+
+    png = tmp_path / "s.png"
+    args = ["sample", "--checkpoint", str(workdir), "--num", "6", "--sampler", "ddim"]
+    assert train.main([*args, "--steps", "8", "--out", str(png), "--no-progress"]) == 0
+    with Image.open(png) as image:
+        assert image.size == (3 * 65 + 1, 2 * 65 + 1)  # 3 x 2 grid of 64 px + gaps
+
+    # Refusals, each with a message naming the fix.
+    capsys.readouterr()
+    assert train.main(["train", "--config", str(config), "--workdir", str(workdir)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert train.main(["train", "--config", str(config), "--set", "optimizer.lrr=1"]) == 2
+    assert "optimizer.lrr" in capsys.readouterr().err
+    args = ["train", "--config", str(config), "--workdir", str(workdir), "--resume"]
+    assert train.main([*args, "--set", "seed=3"]) == 2
+    assert "seed: checkpoint 0, now 3" in capsys.readouterr().err
+    assert train.main(["eval", "--checkpoint", str(tmp_path)]) == 2
+    assert "no checkpoints/" in capsys.readouterr().err
+    assert train.main(["train", "--config", "nonexistent"]) == 2
+    assert "shipped configs" in capsys.readouterr().err
+
+
+def test_shipped_configs_load():
+    for name in train.SHIPPED_CONFIGS:
+        config = train.Config.from_yaml(train.config_path(name))
+        assert config.process.kind == "vp"
+    cifar = train.Config.from_yaml(train.config_path("cifar10"))
+    network, optimizer = cifar.network, cifar.optimizer
+    assert (network.channels, network.n_layers, network.dropout) == (128, 32, 0.1)
+    assert (optimizer.lr, optimizer.b2, optimizer.ema_decay) == (2e-4, 0.99, 0.9999)
+
+
+@pytest.mark.slow
+def test_crash_and_resume_continues_with_the_same_losses(tmp_path):
+    # A run killed with SIGKILL after a checkpoint, then resumed, must retrace the losses of
+    # an uninterrupted run step for step: state, PRNG key and data position all come back.
+    config = _write_config(tmp_path / "tiny.yaml", steps=300, checkpoint_every=25)
+    cache = tmp_path / "cache"
+    reference = _cli(cache, "train", "--config", str(config), "--workdir", str(tmp_path / "ref"))
+    crashed = tmp_path / "crash"
+    victim = _cli(cache, "train", "--config", str(config), "--workdir", str(crashed))
+    deadline = time.monotonic() + 180
+    while not (crashed / "checkpoints" / "50").is_dir():
+        assert victim.poll() is None, victim.communicate()[0]
+        assert time.monotonic() < deadline, "no checkpoint at step 50 in time"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    reached = max(_losses(crashed))
+    assert 50 <= reached < 300  # killed mid-run, after the checkpoint at 50
+
+    _finish(_cli(cache, "train", "--config", str(config), "--workdir", str(crashed), "--resume"))
+    _finish(reference)
+    expected, got = _losses(tmp_path / "ref"), _losses(crashed)
+    assert sorted(got) == list(range(1, 301))
+    # Same computation in the same order on the same CPU: equal to the last bit.
+    assert got == expected
+
+
+@pytest.mark.slow
+def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
+    # Two processes joined by jax.distributed (CPU, gloo collectives), each reading its own
+    # half of every batch, against one process with two devices: the same global batches
+    # and keys, so the same losses and gradient norms up to the order of the cross-device
+    # reduction (float32, ~1e-6). The learning rate is 0, so every step compares loss and
+    # gradient at the same weights: Adam's first updates, about lr * sign(g), would hide a
+    # gradient that was not reduced across hosts from the losses, but not from grad_norm.
+    optimizer = {**TINY["optimizer"], "lr": 0.0}
+    config = _write_config(tmp_path / "tiny.yaml", steps=6, checkpoint_every=3, optimizer=optimizer)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    cache = tmp_path / "cache"
+    hosts = [
+        _cli(
+            cache,
+            "train", "--config", str(config), "--workdir", str(tmp_path / "multi"),
+            "--distributed", "--coordinator", f"localhost:{port}",
+            "--num-processes", "2", "--process-id", str(i),
+            JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    single = _cli(
+        cache,
+        "train", "--config", str(config), "--workdir", str(tmp_path / "single"),
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )  # fmt: skip
+    for proc in (*hosts, single):
+        _finish(proc)
+    for name in ("train/loss", "train/grad_norm"):
+        multi = _metric(tmp_path / "multi", name)
+        assert sorted(multi) == list(range(1, 7))
+        one = _metric(tmp_path / "single", name)
+        np.testing.assert_allclose([multi[s] for s in multi], [one[s] for s in multi], rtol=1e-5)
+    assert (tmp_path / "multi" / "checkpoints" / "6").is_dir()
