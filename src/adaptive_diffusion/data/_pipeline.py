@@ -1,5 +1,7 @@
 r"""The grain input pipeline: shuffled, sharded per host, batched, mapped to $[-1, 1]$."""
 
+import functools
+
 import equinox as eqx
 import grain
 import jax
@@ -28,8 +30,50 @@ def levels_to_centres(
     return np.float32(-1.0) + (np.float32(2.0) * k + np.float32(1.0)) / np.float32(num_levels)
 
 
-def _flip_coin(index: int, rng: np.random.Generator) -> tuple[int, bool]:
-    return index, bool(rng.random() < 0.5)
+_FOREVER = 2**62 // 2**20
+"""The number of batches of an endless pipeline (a lazy range: nothing is allocated)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> Int[np.ndarray, " n"]:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class _GlobalBatchIndices(eqx.Module):
+    r"""Global batch `s` of the stream as source indices (and flip coins), vectorised.
+
+    Stream position $i$ is example `perm_e[i mod N]` of epoch $e = \lfloor i / N \rfloor$,
+    with `perm_e` drawn from `(shuffle_seed, e)` (the identity without shuffling); the
+    coins of batch $s$ are drawn from `(flip_seed, s)`. One numpy call per batch rather
+    than one Python call per example: the index stream never limits the loader.
+    """
+
+    num_examples: int
+    batch_size: int
+    length: int | None
+    shuffle_seed: int | None
+    flip_seed: int | None
+
+    def __call__(
+        self, s: int
+    ) -> Int[np.ndarray, " b"] | tuple[Int[np.ndarray, " b"], Bool[np.ndarray, " b"]]:
+        start = s * self.batch_size
+        stop = start + self.batch_size
+        if self.length is not None:
+            stop = min(stop, self.length)
+        epoch, within = np.divmod(np.arange(start, stop), self.num_examples)
+        if self.shuffle_seed is None:
+            indices = within
+        else:
+            indices = np.empty_like(within)
+            for e in np.unique(epoch):
+                here = epoch == e
+                perm = _permutation(self.shuffle_seed, int(e), self.num_examples)
+                indices[here] = perm[within[here]]
+        if self.flip_seed is None:
+            return indices
+        coins = np.random.default_rng([self.flip_seed, s]).random(len(indices)) < 0.5
+        return indices, coins
 
 
 class _LoadBatch(eqx.Module):
@@ -80,7 +124,7 @@ def image_pipeline(
     so the hosts' batches at step $s$, concatenated in process order (as
     `jax.make_array_from_process_local_data` does), are global batch $s$ in order: a
     run sees the same batches, example for example, on any number of hosts. Each image
-    is optionally flipped left-right with probability 1/2 (a coin per stream position,
+    is optionally flipped left-right with probability 1/2 (a coin per stream position
     drawn from `seed`), and its levels $k$ are mapped to $-1 + (2k + 1)/L$,
     $L$ = `source.num_levels`.
 
@@ -133,31 +177,33 @@ def image_pipeline(
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs must be positive or None (forever), got {num_epochs}.")
 
-    # Independent 32-bit seeds for the shuffle and the flips. grain permutes epoch e with
-    # seed + e, so `seed` itself would give runs of adjacent seeds shifted epoch orders.
     shuffle_seed, flip_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-    ds = grain.MapDataset.range(len(source))
-    if shuffle:
-        ds = ds.shuffle(seed=shuffle_seed)
-    ds = ds.repeat(num_epochs)
-    if flip:
-        ds = ds.random_map(_flip_coin, seed=flip_seed)
-    if num_epochs is not None:
-        remainder = len(ds) % global_batch_size
+    length = None if num_epochs is None else num_epochs * len(source)
+    if length is not None:
+        remainder = length % global_batch_size
         if drop_remainder:
-            if len(ds) < global_batch_size:
+            if length < global_batch_size:
                 raise ValueError(
                     f"{num_epochs} epoch(s) of {len(source)} examples make no full batch "
                     f"of {global_batch_size}; lower global_batch_size or keep the remainder."
                 )
-            ds = ds[: len(ds) - remainder]
+            length -= remainder
         elif remainder % process_count:
             raise ValueError(
                 f"The last global batch of {num_epochs} epoch(s) of {len(source)} examples "
                 f"holds {remainder} examples, which {process_count} processes cannot share "
                 "equally; pass drop_remainder=True or choose another global_batch_size."
             )
-    ds = ds.batch(global_batch_size).map(_LoadBatch(source, process_index, process_count))
+    indices = _GlobalBatchIndices(
+        num_examples=len(source),
+        batch_size=global_batch_size,
+        length=length,
+        shuffle_seed=shuffle_seed if shuffle else None,
+        flip_seed=flip_seed if flip else None,
+    )
+    num_batches = _FOREVER if length is None else -(-length // global_batch_size)
+    ds = grain.MapDataset.range(num_batches).map(indices)
+    ds = ds.map(_LoadBatch(source, process_index, process_count))
     read_options = grain.ReadOptions(
         num_threads=read_threads, prefetch_buffer_size=prefetch_batches
     )
