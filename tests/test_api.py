@@ -53,3 +53,22 @@ def test_design_contract_calls():
         assert result.log_prob.shape == () and result.nfe > 0
         exact = ad.ode_log_likelihood(p, lambda u, t: -u, x, key=key, trace="exact")
         assert jnp.isfinite(exact.log_prob)
+
+
+def test_design_contract_nonisotropic():
+    key = jax.random.key(0)
+    c, h, w = 3, 4, 4
+    cov = ad.GFFCovariance(shape=(c, h, w), power=1.0)
+    x = ad.from_levels(jax.random.randint(key, (c, h, w), 0, 256), 256)
+    assert cov.sqrt_apply(x).shape == cov.inv_sqrt_apply(x).shape == x.shape
+    assert cov.logdet().shape == ()
+    assert cov.as_matrix().shape == (c * h * w, c * h * w)
+    p = ad.NonIsotropicVP(ad.LinearSchedule(gamma_min=-13.3, gamma_max=5.0), cov)
+    assert isinstance(p, ad.AbstractProcess)
+    u_t, eps = p.sample_marginal(key, x, 0.3)
+    assert u_t.shape == eps.shape == x.shape
+    assert p.prior_log_prob(p.prior_sample(key, x.shape)).shape == ()
+    bound = ad.nelbo(p, lambda x_t, t: jnp.zeros_like(x_t), x, key=key, num_levels=256)
+    assert jnp.allclose(bound.total, bound.diffusion + bound.prior + bound.reconstruction)
+    exact = ad.ode_log_likelihood(p, lambda u, t: -u, x, key=key, rtol=1e-3, atol=1e-3)
+    assert jnp.isfinite(exact.log_prob)

@@ -11,7 +11,11 @@ def test_short_demo_run_beats_the_uniform_model(tmp_path, capsys):
     # job bring the held-out bound well below it: the upper end of the 95% interval of
     # the ELBO over the 297 test digits is more than 0.5 bits under it.
     results = demo.main(
-        ["--workdir", str(tmp_path / "demo"), "--set", "steps=2000", "--no-progress"]
+        [
+            *("--workdir", str(tmp_path / "demo"), "--no-progress"),
+            *("--set", "steps=2000", "--set", "eval.num_samples=16"),
+            *("--set", "eval.sample_steps=100", "--set", "eval_every=2000"),
+        ]
     )
     out = capsys.readouterr().out
     assert "held-out ELBO" in out and "held-out ODE" in out

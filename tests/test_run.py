@@ -225,7 +225,7 @@ def test_cli_train_eval_sample(tmp_path, capsys):
 def test_shipped_configs_load():
     for name in train.SHIPPED_CONFIGS:
         config = train.Config.from_yaml(train.config_path(name))
-        assert config.process.kind == "vp"
+        assert config.process.kind == ("nonisotropic" if "nonisotropic" in name else "vp")
     cifar = train.Config.from_yaml(train.config_path("cifar10"))
     network, optimizer = cifar.network, cifar.optimizer
     assert (network.channels, network.n_layers, network.dropout) == (128, 32, 0.1)
@@ -297,3 +297,33 @@ def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
         one = _metric(tmp_path / "single", name)
         np.testing.assert_allclose([multi[s] for s in multi], [one[s] for s in multi], rtol=1e-5)
     assert (tmp_path / "multi" / "checkpoints" / "6").is_dir()
+
+
+def test_build_model_nonisotropic_and_errors():
+    import adaptive_diffusion as ad
+
+    config = train.Config.from_dict(TINY).with_overrides(
+        ["process.kind=nonisotropic", "process.power=1.5"]
+    )
+    model = train.build_model(config, (1, 8, 8), 17, key=jax.random.key(0))
+    assert isinstance(model, train.VPModel)
+    assert isinstance(model.process, ad.NonIsotropicVP)
+    assert isinstance(model.process.covariance, ad.GFFCovariance)
+    assert model.process.covariance.power == 1.5
+    learned = config.with_overrides(["process.learn_covariance=true"])
+    model = train.build_model(learned, (1, 8, 8), 17, key=jax.random.key(0))
+    assert isinstance(model.process.covariance, ad.LearnedGFFCovariance)
+    with pytest.raises(ValueError, match="kind=nonisotropic only"):
+        train.build_model(
+            train.Config.from_dict(TINY).with_overrides(["process.power=2"]),
+            (1, 8, 8),
+            17,
+            key=jax.random.key(0),
+        )
+    with pytest.raises(ValueError, match="dropout applies to the UNet only"):
+        train.build_model(
+            train.Config.from_dict(TINY).with_overrides(["network.dropout=0.1"]),
+            (1, 8, 8),
+            17,
+            key=jax.random.key(0),
+        )

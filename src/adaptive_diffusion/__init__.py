@@ -3,7 +3,11 @@
 from . import nn as nn
 from ._covariance import (
     AbstractCovariance as AbstractCovariance,
+    AbstractSpectralCovariance as AbstractSpectralCovariance,
+    GFFCovariance as GFFCovariance,
     IdentityCovariance as IdentityCovariance,
+    LearnedGFFCovariance as LearnedGFFCovariance,
+    SpectralCovariance as SpectralCovariance,
 )
 from ._discrete import (
     bin_centres as bin_centres,
@@ -11,22 +15,42 @@ from ._discrete import (
     from_levels as from_levels,
     to_levels as to_levels,
 )
+from ._latents import (
+    AbstractLatent as AbstractLatent,
+    AbstractPerturbation as AbstractPerturbation,
+    CategoricalLatent as CategoricalLatent,
+    GaussianLatent as GaussianLatent,
+    GumbelPerturbation as GumbelPerturbation,
+    NoLatent as NoLatent,
+    SumOfGammaPerturbation as SumOfGammaPerturbation,
+    TopKLatent as TopKLatent,
+)
 from ._likelihood import (
     AbstractDequantization as AbstractDequantization,
     AbstractTraceEstimator as AbstractTraceEstimator,
+    EpsilonAsVelocity as EpsilonAsVelocity,
     ExactTrace as ExactTrace,
     HutchinsonTrace as HutchinsonTrace,
     LikelihoodResult as LikelihoodResult,
     ProcessDequantization as ProcessDequantization,
+    TruncatedNormalDequantization as TruncatedNormalDequantization,
     UniformDequantization as UniformDequantization,
     dense_vlb as dense_vlb,
+    mulan_dense_vlb as mulan_dense_vlb,
+    mulan_ode_bits_per_dim as mulan_ode_bits_per_dim,
     ode_bits_per_dim as ode_bits_per_dim,
     ode_log_likelihood as ode_log_likelihood,
 )
 from ._losses import (
     NELBO as NELBO,
+    AbstractTimeSampler as AbstractTimeSampler,
+    AntitheticTimes as AntitheticTimes,
+    ArcLengthTimes as ArcLengthTimes,
+    UniformTimes as UniformTimes,
     antithetic_times as antithetic_times,
     batch_nelbo as batch_nelbo,
+    mulan_batch_nelbo as mulan_batch_nelbo,
+    mulan_nelbo as mulan_nelbo,
     nelbo as nelbo,
 )
 from ._parameterizations import (
@@ -43,18 +67,33 @@ from ._processes import (
     AbstractProcess as AbstractProcess,
     AbstractVPProcess as AbstractVPProcess,
     DiagonalVP as DiagonalVP,
+    LatentDenoiser as LatentDenoiser,
+    LatentPrior as LatentPrior,
+    MuLAN as MuLAN,
+    NonIsotropicVE as NonIsotropicVE,
+    NonIsotropicVP as NonIsotropicVP,
+    mulan_sample as mulan_sample,
+    snr_curves as snr_curves,
 )
 from ._sampling import (
     sample_ancestral as sample_ancestral,
+    sample_annealed_langevin as sample_annealed_langevin,
     sample_ddim as sample_ddim,
     sample_ode as sample_ode,
     sample_sde as sample_sde,
 )
 from ._schedules import (
+    AbstractLatentSchedule as AbstractLatentSchedule,
     AbstractSchedule as AbstractSchedule,
+    BetaSchedule as BetaSchedule,
     CosineSchedule as CosineSchedule,
+    FixedLatentSchedule as FixedLatentSchedule,
     LearnedSchedule as LearnedSchedule,
     LinearSchedule as LinearSchedule,
+    MonotoneNetSchedule as MonotoneNetSchedule,
+    MonotoneScheduleNetwork as MonotoneScheduleNetwork,
+    PolynomialSchedule as PolynomialSchedule,
+    PolynomialScheduleNetwork as PolynomialScheduleNetwork,
     alpha_sigma as alpha_sigma,
     gamma_and_derivative as gamma_and_derivative,
 )

@@ -6,21 +6,26 @@ r"""Samplers, one example per call (`jax.vmap` for a batch), from $t = 1$ to $t 
   (Anderson 1982), integrated with diffrax in reversed time $r = 1 - t$ so the Brownian
   motion runs forwards; Brownian increments come from a `VirtualBrownianTree`.
 - `sample_ancestral`: VDM's ancestral sampler, $z_s \sim p(z_s \mid z_t)$ on a grid of
-  $T$ steps (VP-type processes).
-- `sample_ddim`: the deterministic DDIM update (Song, Meng & Ermon 2021; VP-type).
+  $T$ steps (VP-type processes; NI-DDPM's eqs. 18-19 for `NonIsotropicVP`).
+- `sample_ddim`: the deterministic DDIM update (Song, Meng & Ermon 2021; VP-type;
+  NI-DDPM's eqs. 20-21).
+- `sample_annealed_langevin`: annealed Langevin dynamics over the noise levels of a
+  variance-exploding process (SMLD, Song & Ermon 2019; NI-SMLD).
 
-Each returns the state at $t = 0$, a draw from (an approximation of) $p_0$.
+Each returns the state at $t = 0$, a draw from (an approximation of) $p_0$, or with
+`denoise=True` its denoised mean $\mathbb E[x_0 \mid z_0]$.
 """
 
 from collections.abc import Callable
+from typing import Literal
 
 import diffrax
 import jax
 import jax.numpy as jnp
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._custom_types import Data, State, Time
-from ._processes import AbstractProcess, require_vp
+from ._custom_types import Data, Gamma, State, Time
+from ._processes import AbstractProcess, AbstractVPProcess, NonIsotropicVE, require_vp
 from ._schedules import alpha_sigma
 
 
@@ -163,6 +168,30 @@ def _time_grid(num_steps: int) -> jnp.ndarray:
     return jnp.arange(num_steps, 0, -1) / num_steps
 
 
+def _denoised(
+    process: AbstractVPProcess | NonIsotropicVE,
+    score_fn: Callable[[State, Time], State],
+    z: Data,
+    t: Time,
+) -> Data:
+    r"""$\hat x_0(z_t) = \mathbb E[x_0 \mid z_t]$ from the score (Tweedie; NI-DDPM eq. 23)."""
+    return process.x0_from_eps(z, t, process.eps_from_score(z, t, score_fn(z, t)))
+
+
+def _posterior_std(gamma_s: Gamma, gamma_t: Gamma) -> Gamma:
+    r"""$\sigma_s\sqrt{c}$: the standard deviation of $q(z_s \mid z_t, x_0)$."""
+    return jnp.sqrt(jax.nn.sigmoid(gamma_s) * -jnp.expm1(gamma_s - gamma_t))
+
+
+def _beta_std(gamma_s: Gamma, gamma_t: Gamma) -> Gamma:
+    r"""$\sqrt{\beta_{t,s}}$, $\beta_{t,s} = 1 - \alpha_t^2/\alpha_s^2$ with
+    $\log\alpha^2 = -\operatorname{softplus}(\gamma)$."""
+    return jnp.sqrt(-jnp.expm1(jax.nn.softplus(gamma_s) - jax.nn.softplus(gamma_t)))
+
+
+_ANCESTRAL_STD = {"posterior": _posterior_std, "beta": _beta_std}
+
+
 def sample_ancestral(
     process: AbstractProcess,
     score_fn: Callable[[State, Time], State],
@@ -170,18 +199,32 @@ def sample_ancestral(
     shape: tuple[int, ...],
     *,
     num_steps: int = 1000,
+    variance: Literal["posterior", "beta"] = "posterior",
+    denoise: bool = False,
 ) -> Data:
     r"""VDM's ancestral sampler (Kingma et al. 2021, appendix A.4) on $T$ uniform steps.
 
     From $t = i/T$ to $s = (i-1)/T$, with $c = -\operatorname{expm1}(\gamma_s - \gamma_t)
     = 1 - \mathrm{SNR}(t)/\mathrm{SNR}(s)$ and $\hat\varepsilon$ from the score,
     $$z_s = \frac{\alpha_s}{\alpha_t}\left(z_t - \sigma_t c\, \Sigma^{1/2}\hat\varepsilon\right)
-    + \sigma_s \sqrt{c}\, \Sigma^{1/2} \xi, \qquad \xi \sim \mathcal N(0, I),$$
-    the mean and variance of $q(z_s \mid z_t, \hat x_0)$. Elementwise for per-dimension
-    schedules.
+    + \sqrt{v}\, \Sigma^{1/2} \xi, \qquad \xi \sim \mathcal N(0, I),$$
+    with $v = \sigma_s^2 c$, the mean and variance of $q(z_s \mid z_t, \hat x_0)$
+    (DDPM's $\tilde\beta_t$; NI-DDPM's eq. 18), or $v = \beta_{t,s} = 1 -
+    \alpha_t^2/\alpha_s^2$ (DDPM's other choice $\sigma_t^2 = \beta_t$; NI-DDPM's
+    eq. 19). Elementwise for per-dimension schedules. With `BetaSchedule(betas)` and
+    `num_steps=len(betas) - 1, denoise=True` this is (NI-)DDPM's sampler exactly.
 
-    **Arguments:** `process` (VP-type), `score_fn`, `key`, `shape`, and `num_steps` $T$.
+    **Arguments:**
+
+    - `process` (VP-type), `score_fn`, `key`, `shape`, and `num_steps` $T$.
+    - `variance`: `"posterior"` ($\sigma_s^2 c$) or `"beta"` ($\beta_{t,s}$).
+    - `denoise`: finish with $\hat x_0(z_0) = (z_0 - \sigma_0 \Sigma^{1/2}
+      \hat\varepsilon)/\alpha_0$ (eq. 23; DDPM's noiseless last step), one more score
+      evaluation.
     """
+    if variance not in _ANCESTRAL_STD:
+        raise ValueError(f"Unknown variance {variance!r}; use 'posterior' or 'beta'.")
+    noise_std = _ANCESTRAL_STD[variance]
     vp = require_vp(process, "sample_ancestral", "sample_ode or sample_sde")
     key_prior, key_steps = jax.random.split(key)
     z1 = vp.prior_sample(key_prior, shape)
@@ -191,16 +234,16 @@ def sample_ancestral(
         s = t - 1.0 / num_steps
         gamma_t, gamma_s = vp.gamma(t, z), vp.gamma(s, z)
         alpha_t, sigma_t = alpha_sigma(gamma_t)
-        alpha_s, sigma_s = alpha_sigma(gamma_s)
+        alpha_s, _ = alpha_sigma(gamma_s)
         c = -jnp.expm1(gamma_s - gamma_t)
         eps_hat = vp.covariance.sqrt_apply(vp.eps_from_score(z, t, score_fn(z, t)))
         mean = alpha_s / alpha_t * (z - sigma_t * c * eps_hat)
         noise = vp.covariance.sqrt_apply(jax.random.normal(k, shape, z.dtype))
-        return mean + sigma_s * jnp.sqrt(c) * noise, None
+        return mean + noise_std(gamma_s, gamma_t) * noise, None
 
     keys = jax.random.split(key_steps, num_steps)
     z0, _ = jax.lax.scan(step, z1, (_time_grid(num_steps), keys))
-    return z0
+    return _denoised(vp, score_fn, z0, 0.0) if denoise else z0
 
 
 def sample_ddim(
@@ -210,15 +253,17 @@ def sample_ddim(
     shape: tuple[int, ...],
     *,
     num_steps: int = 100,
+    denoise: bool = False,
 ) -> Data:
     r"""The deterministic DDIM sampler on $T$ uniform steps.
 
     $\hat x_0 = (z_t - \sigma_t \Sigma^{1/2}\hat\varepsilon)/\alpha_t$ and
-    $z_s = \alpha_s \hat x_0 + \sigma_s \Sigma^{1/2} \hat\varepsilon$: a first-order
-    discretisation of the probability-flow ODE, exact when $\hat\varepsilon$ is constant.
+    $z_s = \alpha_s \hat x_0 + \sigma_s \Sigma^{1/2} \hat\varepsilon$ (NI-DDPM's eqs.
+    20-21): a first-order discretisation of the probability-flow ODE, exact when
+    $\hat\varepsilon$ is constant.
 
     **Arguments:** `process` (VP-type), `score_fn`, `key` (for the prior draw), `shape`,
-    and `num_steps` $T$.
+    `num_steps` $T$, and `denoise` (finish with $\hat x_0(z_0)$, as `sample_ancestral`).
     """
     vp = require_vp(process, "sample_ddim", "sample_ode or sample_sde")
     z1 = vp.prior_sample(key, shape)
@@ -231,4 +276,67 @@ def sample_ddim(
         return alpha_s * x0_hat + sigma_s * vp.covariance.sqrt_apply(eps_hat), None
 
     z0, _ = jax.lax.scan(step, z1, _time_grid(num_steps))
-    return z0
+    return _denoised(vp, score_fn, z0, 0.0) if denoise else z0
+
+
+def sample_annealed_langevin(
+    process: AbstractProcess,
+    score_fn: Callable[[State, Time], State],
+    key: PRNGKeyArray,
+    shape: tuple[int, ...],
+    *,
+    num_levels: int = 10,
+    num_inner: int = 100,
+    step_size: float | Float[Array, ""] = 2e-5,
+    denoise: bool = False,
+) -> Data:
+    r"""Annealed Langevin dynamics (Song & Ermon 2019, algorithm 1) with the
+    non-isotropic score: NI-SMLD (Voleti et al. 2022, appendices D-E).
+
+    From a prior draw, at the noise levels $\sigma_l = \sigma_{t_l}$,
+    $t_l$ = `linspace(1, 0, num_levels)`, `num_inner` steps each of
+    $$x \leftarrow x + \tfrac{a_l}{2}\,\Sigma\, s_\theta(x, t_l) + \sqrt{a_l}\,
+    \Sigma^{1/2} z, \qquad a_l = \epsilon\,\sigma_l^2 / \sigma_L^2, \quad
+    z \sim \mathcal N(0, I).$$
+    This is plain Langevin dynamics in the white coordinates $y = \Sigma^{-1/2} x$ (whose
+    score is $\Sigma^{1/2} s$), so it targets $p_{t_l}$ for any $\Sigma$; correlated noise
+    $\Sigma^{1/2} z$ with the unpreconditioned drift $\tfrac{a}{2}s$ would not.
+
+    **Arguments:**
+
+    - `process`: a `NonIsotropicVE`.
+    - `score_fn`, `key`, `shape`: as the other samplers.
+    - `num_levels`: $L \ge 2$, the number of noise levels (the last one at $t = 0$).
+    - `num_inner`: Langevin steps per level (SMLD: 100).
+    - `step_size`: $\epsilon$, the step at the last level (SMLD: $2 \cdot 10^{-5}$ for
+      $\sigma_L = 0.01$).
+    - `denoise`: finish with Tweedie's $\hat x_0 = x + \sigma_L^2 \Sigma s_\theta(x, 0)$
+      (as NCSNv2), one more score evaluation.
+    """
+    if not isinstance(process, NonIsotropicVE):
+        raise TypeError(
+            "sample_annealed_langevin needs a variance-exploding process (NonIsotropicVE), "
+            f"got {type(process).__name__}; use sample_ancestral, sample_ode or sample_sde."
+        )
+    if num_levels < 2:
+        raise ValueError(f"num_levels must be at least 2 (t = 1 to t = 0), got {num_levels}.")
+    ve = process
+    key_prior, key_levels = jax.random.split(key)
+    times = jnp.linspace(1.0, 0.0, num_levels)
+    last_variance = ve.sigma(times[-1]) ** 2
+
+    def level(x, args):
+        t, k = args
+        a = step_size * ve.sigma(t) ** 2 / last_variance
+
+        def inner(x, k):
+            drift = ve.covariance.sqrt_apply(ve.covariance.sqrt_apply(score_fn(x, t)))
+            noise = ve.covariance.sqrt_apply(jax.random.normal(k, shape, x.dtype))
+            return x + 0.5 * a * drift + jnp.sqrt(a) * noise, None
+
+        x, _ = jax.lax.scan(inner, x, jax.random.split(k, num_inner))
+        return x, None
+
+    keys = jax.random.split(key_levels, num_levels)
+    x0, _ = jax.lax.scan(level, ve.prior_sample(key_prior, shape), (times, keys))
+    return _denoised(ve, score_fn, x0, times[-1]) if denoise else x0

@@ -22,6 +22,9 @@ from .train import Config, config_path, eval_model, evaluate, make_mesh, make_so
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--config", default="digits", help="a digits config: digits or digits_nonisotropic"
+    )
     parser.add_argument("--workdir", default="runs/demo", help="the run folder")
     parser.add_argument(
         "--set",
@@ -34,9 +37,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     progress = not args.no_progress
-    config = Config.from_yaml(config_path("digits")).with_overrides(args.overrides)
+    config = Config.from_yaml(config_path(args.config)).with_overrides(args.overrides)
     workdir = pathlib.Path(args.workdir)
-    print(f"training on digits for {config.steps} steps in {workdir}; devices {jax.devices()}")
+    print(
+        f"training {args.config} for {config.steps} steps in {workdir}; devices {jax.devices()}"
+    )
     start = time.perf_counter()
     state = train(config, workdir, resume=True, progress=progress)
     seconds = time.perf_counter() - start

@@ -27,7 +27,13 @@ from ._plots import save_image_grid
 from ._trainer import eval_model, setup, train
 
 
-SHIPPED_CONFIGS = ("digits", "cifar10", "imagenet32")
+SHIPPED_CONFIGS = (
+    "digits",
+    "digits_nonisotropic",
+    "cifar10",
+    "cifar10_nonisotropic",
+    "imagenet32",
+)
 
 
 class ConfigError(ValueError):

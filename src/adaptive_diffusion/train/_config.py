@@ -24,19 +24,26 @@ class ProcessConfig:
 
     **Arguments:**
 
-    - `kind`: `"vp"`, the scalar variance-preserving process of VDM.
+    - `kind`: `"vp"`, the scalar variance-preserving process of VDM, or `"nonisotropic"`,
+      the same with Gaussian-free-field noise $\Sigma^{1/2}\varepsilon$ (NI-DDPM).
     - `schedule`: `"linear"`, `"cosine"` or `"learned"` (VDM's monotone network).
     - `gamma_min`, `gamma_max`: the endpoints $\gamma(0)$ and $\gamma(1)$ of the
       negative log-SNR.
     - `parameterization`: what the network predicts: `"eps"` (the noise), `"x"` (the
       data) or `"v"` (the velocity).
+    - `power`: the GFF's spectral power $p$, $s(k) \propto \lvert k\rvert^{-2p}$
+      (`"nonisotropic"` only; 1 is the paper's).
+    - `learn_covariance`: fit the power and the DC weight with the rest of the model
+      (`"nonisotropic"` only).
     """
 
-    kind: Literal["vp"] = "vp"
+    kind: Literal["vp", "nonisotropic"] = "vp"
     schedule: Literal["linear", "cosine", "learned"] = "learned"
     gamma_min: float = -13.3
     gamma_max: float = 5.0
     parameterization: Literal["eps", "x", "v"] = "eps"
+    power: float = 1.0
+    learn_covariance: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

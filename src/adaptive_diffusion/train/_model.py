@@ -15,12 +15,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .._covariance import GFFCovariance, LearnedGFFCovariance
 from .._custom_types import State, Time
 from .._discrete import to_levels
 from .._likelihood import dense_vlb, ode_bits_per_dim
 from .._losses import NELBO, antithetic_times, nelbo
 from .._parameterizations import AbstractParameterization, as_parameterization, score_fn
-from .._processes import VP, AbstractVPProcess
+from .._processes import VP, AbstractVPProcess, NonIsotropicVP
 from .._schedules import AbstractSchedule, CosineSchedule, LearnedSchedule, LinearSchedule
 from ..nn import MLPDenoiser, UNet
 from ._config import Config
@@ -185,6 +186,24 @@ def _noise_schedule(config: Config, key: PRNGKeyArray) -> AbstractSchedule:
     return LearnedSchedule(key=key, gamma_min=cfg.gamma_min, gamma_max=cfg.gamma_max)
 
 
+def _process(
+    config: Config, schedule: AbstractSchedule, data_shape: tuple[int, ...]
+) -> AbstractVPProcess:
+    """The VP-type process named by `config.process.kind`."""
+    cfg = config.process
+    if cfg.kind == "vp":
+        if cfg.learn_covariance or cfg.power != 1.0:
+            raise ValueError(
+                "process.power and process.learn_covariance apply to kind=nonisotropic only."
+            )
+        return VP(schedule)
+    if cfg.learn_covariance:
+        covariance = LearnedGFFCovariance(data_shape, power=cfg.power)
+    else:
+        covariance = GFFCovariance(data_shape, power=cfg.power)
+    return NonIsotropicVP(schedule, covariance)
+
+
 def _denoiser(config: Config, data_shape: tuple[int, ...], key: PRNGKeyArray) -> Callable:
     """The network named by `config.network`."""
     cfg = config.network
@@ -212,7 +231,7 @@ def build_model(
     key_schedule, key_net = jax.random.split(key)
     schedule = _noise_schedule(config, key_schedule)
     return VPModel(
-        process=VP(schedule),
+        process=_process(config, schedule, tuple(data_shape)),
         denoiser=_denoiser(config, data_shape, key_net),
         parameterization=as_parameterization(config.process.parameterization),
         data_shape=tuple(data_shape),
