@@ -181,20 +181,20 @@ def test_bound_holds_for_the_optimal_denoiser(getkey):
     num_samples = 1024
 
     @jax.jit
+    def per_process(process, key):
+        score = mixture_score(process, atoms)
+
+        def model(u, t):
+            return process.eps_from_score(u, t, score(u, t))
+
+        def per_point(x, key):
+            xs = jnp.broadcast_to(x.reshape(shape), (num_samples, *shape))
+            nelbo = ad.batch_nelbo(process, model, xs, key=key, num_levels=NUM_LEVELS)
+            return nelbo.total
+
+        return jax.vmap(per_point)(points, jax.random.split(key, points.shape[0]))
+
     def bounds(key):
-        def per_process(process, key):
-            score = mixture_score(process, atoms)
-
-            def model(u, t):
-                return process.eps_from_score(u, t, score(u, t))
-
-            def per_point(x, key):
-                xs = jnp.broadcast_to(x.reshape(shape), (num_samples, *shape))
-                nelbo = ad.batch_nelbo(process, model, xs, key=key, num_levels=NUM_LEVELS)
-                return nelbo.total
-
-            return jax.vmap(per_point)(points, jax.random.split(key, points.shape[0]))
-
         keys = jax.random.split(key, len(processes))
         return {name: per_process(p, k) for (name, p), k in zip(processes.items(), keys)}
 
