@@ -1,6 +1,7 @@
 """The public contract of ../shared/DESIGN.md, called exactly as written there."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -72,3 +73,28 @@ def test_design_contract_nonisotropic():
     assert jnp.allclose(bound.total, bound.diffusion + bound.prior + bound.reconstruction)
     exact = ad.ode_log_likelihood(p, lambda u, t: -u, x, key=key, rtol=1e-3, atol=1e-3)
     assert jnp.isfinite(exact.log_prob)
+
+
+def test_design_contract_mulan():
+    key = jax.random.key(0)
+    data_shape = (16,)  # vectors: the default encoder is an MLP (images get the conv one)
+    mulan = ad.MuLAN(data_shape, key=key, gamma_min=-13.3, gamma_max=5.0)
+    defaults = ad.MuLAN(data_shape, key=key)
+    assert (defaults.gamma_min, defaults.gamma_max) == (-13.3, 5.0)
+    x = ad.from_levels(jax.random.randint(key, data_shape, 0, 256), 256)
+
+    @eqx.filter_jit
+    def calls(mulan, x):
+        z = mulan.encode(key, x)
+        process = mulan.condition(z)
+        u_t, eps = process.sample_marginal(key, x, 0.3)
+        zeros = lambda x_t, t: jnp.zeros_like(x_t)  # noqa: E731
+        bound = ad.nelbo(process, zeros, x, key=key, num_levels=256)
+        return z, process, u_t, eps, mulan.prior.sample(key), bound
+
+    z, process, u_t, eps, z_prior, bound = calls(mulan, x)
+    assert isinstance(process, ad.DiagonalVP) and isinstance(process, ad.AbstractProcess)
+    assert process.schedule(0.5).shape == data_shape  # one gamma per dimension
+    assert z_prior.shape == z.shape
+    assert u_t.shape == eps.shape == x.shape
+    assert jnp.allclose(bound.total, bound.diffusion + bound.prior + bound.reconstruction)

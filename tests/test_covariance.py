@@ -20,9 +20,7 @@ COVARIANCES = {
     "gff-1x4x4": lambda: ad.GFFCovariance(shape=(1, 4, 4), power=1.0),
     "gff-3x8x8": lambda: ad.GFFCovariance(shape=(3, 8, 8), power=1.0),
     "gff-odd-dc": lambda: ad.GFFCovariance(shape=(2, 3, 5), power=0.7, dc_weight=4.0),
-    "spectral-3x8x8": lambda: ad.SpectralCovariance(
-        (3, 8, 8), _symmetric_spectrum(0, (3, 8, 8))
-    ),
+    "spectral-3x8x8": lambda: ad.SpectralCovariance((3, 8, 8), _symmetric_spectrum(0, (3, 8, 8))),
     "learned-1x4x4": lambda: ad.LearnedGFFCovariance((1, 4, 4), power=1.5, dc_weight=0.5),
 }
 

@@ -1,6 +1,7 @@
 """A training run end to end: checkpoints, crash and resume, NaN batches, multi-host, CLI."""
 
 import json
+import math
 import os
 import pathlib
 import signal
@@ -194,6 +195,8 @@ def test_cli_train_eval_sample(tmp_path, capsys):
     for method in ("elbo", "vlb", "ode"):
         out = tmp_path / f"{method}.json"
         args = ["eval", "--checkpoint", str(workdir), "--method", method, "--num-examples", "6"]
+        if method == "ode":
+            args += ["--dequantization", "truncated_normal", "--ode-samples", "2"]
         assert train.main([*args, "--num-steps", "16", "--out", str(out), "--no-progress"]) == 0
         result = json.loads(out.read_text())
         assert result["num_examples"] == 6 and result["step"] == 20
@@ -225,7 +228,8 @@ def test_cli_train_eval_sample(tmp_path, capsys):
 def test_shipped_configs_load():
     for name in train.SHIPPED_CONFIGS:
         config = train.Config.from_yaml(train.config_path(name))
-        assert config.process.kind == ("nonisotropic" if "nonisotropic" in name else "vp")
+        kind = next((k for k in ("nonisotropic", "mulan") if k in name), "vp")
+        assert config.process.kind == kind, name
     cifar = train.Config.from_yaml(train.config_path("cifar10"))
     network, optimizer = cifar.network, cifar.optimizer
     assert (network.channels, network.n_layers, network.dropout) == (128, 32, 0.1)
@@ -327,3 +331,108 @@ def test_build_model_nonisotropic_and_errors():
             17,
             key=jax.random.key(0),
         )
+
+
+def test_build_model_mulan_options_and_errors():
+    import adaptive_diffusion as ad
+
+    base = train.Config.from_dict(TINY).with_overrides(["process.kind=mulan"])
+    xs = jnp.asarray(_digits_batch(8))
+
+    def build(*overrides):
+        return train.build_model(
+            base.with_overrides(overrides), (1, 8, 8), 17, key=jax.random.key(0)
+        )
+
+    model = build("process.schedule=polynomial", "process.encoder=mlp")
+    assert isinstance(model, train.MuLANModel)
+    assert isinstance(model.mulan.latent, ad.TopKLatent)
+    assert isinstance(model.mulan.schedule, ad.PolynomialScheduleNetwork)
+    assert isinstance(model.mulan.encoder, ad.nn.MLPEncoder)
+    bound = eqx.filter_jit(lambda m, xs, k: m.nelbo(xs, key=k))(model, xs, jax.random.key(1))
+    assert bound.total.shape == (8,) and np.all(np.isfinite(bound.total))
+    # The top-k latent's term is log C(50, 15) nats (see TopKLatent) per image of 64 pixels.
+    log_binomial = math.lgamma(51) - math.lgamma(16) - math.lgamma(36)
+    np.testing.assert_allclose(bound.latent, log_binomial / (64 * math.log(2.0)), rtol=1e-5)
+    # One schedule per test image, each from gamma_min to gamma_max in every pixel; the
+    # latent of each image gives it its own schedule.
+    ts = jnp.linspace(0.0, 1.0, 5)
+    gamma_curves = eqx.filter_jit(lambda m, k, xs: m.gamma_curves(ts, key=k, xs=xs))
+    curves = gamma_curves(model, jax.random.key(2), xs[:3])
+    assert curves.shape == (3, 5, 64)
+    np.testing.assert_allclose(curves[:, 0], -13.3, atol=1e-4)
+    np.testing.assert_allclose(curves[:, -1], 5.0, atol=1e-4)
+    assert np.ptp(np.asarray(curves[:, 2]), axis=0).max() > 1e-3
+    assert gamma_curves(model, jax.random.key(2), None).shape == (4, 5, 64)
+
+    model = build("process.schedule=learned", "process.latent=gaussian", "process.latent_size=8")
+    assert isinstance(model.mulan.schedule, ad.MonotoneScheduleNetwork)
+    assert isinstance(model.mulan.latent, ad.GaussianLatent) and model.mulan.latent.size == 8
+    assert isinstance(model.mulan.encoder, ad.nn.ConvEncoder)
+    model = build("process.latent=none", "process.schedule=linear")
+    assert model.mulan.encoder is None
+    assert isinstance(model.mulan.schedule, ad.FixedLatentSchedule)
+    assert gamma_curves(model, jax.random.key(2), xs[:3]).shape == (3, 5, 64)
+
+    for wrong, match in [
+        (["process.kind=vp", "process.schedule=polynomial"], "kind=mulan"),
+        (["process.kind=vp", "process.latent=gaussian"], "kind=mulan only"),
+        (["process.kind=vp", "process.encoder=mlp"], "kind=mulan only"),
+        (["process.latent=none", "process.latent_size=4"], "latent=none"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            build(*wrong)
+
+
+def test_mulan_model_without_latent_is_the_vp_model():
+    # MuLANModel with the latent off and VDM's linear schedule, around a network that reads
+    # only the noisy image, gives VPModel's bound bit for bit: the batch's times, keys and
+    # terms are plumbed alike.
+    import adaptive_diffusion as ad
+
+    shape = (1, 8, 8)
+    net = ad.nn.MLPDenoiser(shape, key=jax.random.key(0), width=32, depth=1)
+    net = eqx.tree_at(lambda n: n.out.weight, net, jax.random.normal(jax.random.key(1), (64, 32)))
+    schedule = ad.LinearSchedule(-13.3, 5.0)
+    common = dict(parameterization=ad.EpsilonPrediction(), data_shape=shape, num_levels=17)
+    vp = train.VPModel(process=ad.VP(schedule), denoiser=net, **common)
+    mulan = ad.MuLAN(
+        shape,
+        key=jax.random.key(2),
+        latent=ad.NoLatent(),
+        schedule=ad.FixedLatentSchedule(schedule),
+    )
+    model = train.MuLANModel(
+        mulan=mulan, denoiser=lambda h, t, cond=None, key=None: net(h[:1], t), **common
+    )
+    xs = jnp.asarray(_digits_batch(8))
+    key = jax.random.key(3)
+    expected, got = vp.nelbo(xs, key=key), model.nelbo(xs, key=key)
+    for field in ("total", "diffusion", "prior", "reconstruction"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(expected, field))
+    np.testing.assert_array_equal(got.latent, 0.0)
+
+
+def test_mulan_dense_vlb_visits_every_step_once():
+    # MuLANModel.dense_vlb is mulan_dense_vlb with num_times = num_steps = T: antithetic
+    # times rounded up to the grid i/T cover each of the T steps exactly once.
+    import adaptive_diffusion as ad
+
+    for steps in (7, 16, 1000):
+        u = ad.antithetic_times(jax.random.key(steps), steps)
+        grid = np.maximum(np.ceil(np.asarray(u, np.float64) * steps), 1)
+        assert sorted(grid.astype(int)) == list(range(1, steps + 1))
+
+
+def test_cli_mulan_run_writes_the_snr_figure(tmp_path):
+    config = _write_config(
+        tmp_path / "mulan.yaml",
+        process={"kind": "mulan", "schedule": "polynomial", "encoder": "mlp"},
+        steps=10,
+        log_every=5,
+    )
+    workdir = tmp_path / "run"
+    args = ["train", "--config", str(config), "--workdir", str(workdir), "--no-progress"]
+    assert train.main(args) == 0
+    with Image.open(workdir / "snr.png") as image:
+        assert image.size[0] > image.size[1]  # six columns, one per test image

@@ -28,7 +28,6 @@ from ._latents import (
 from ._likelihood import (
     AbstractDequantization as AbstractDequantization,
     AbstractTraceEstimator as AbstractTraceEstimator,
-    EpsilonAsVelocity as EpsilonAsVelocity,
     ExactTrace as ExactTrace,
     HutchinsonTrace as HutchinsonTrace,
     LikelihoodResult as LikelihoodResult,
@@ -48,6 +47,7 @@ from ._losses import (
     ArcLengthTimes as ArcLengthTimes,
     UniformTimes as UniformTimes,
     antithetic_times as antithetic_times,
+    batch_bound as batch_bound,
     batch_nelbo as batch_nelbo,
     mulan_batch_nelbo as mulan_batch_nelbo,
     mulan_nelbo as mulan_nelbo,
@@ -56,6 +56,7 @@ from ._losses import (
 from ._parameterizations import (
     AbstractParameterization as AbstractParameterization,
     DataPrediction as DataPrediction,
+    EpsilonAsVelocity as EpsilonAsVelocity,
     EpsilonPrediction as EpsilonPrediction,
     ModelScore as ModelScore,
     ScorePrediction as ScorePrediction,
@@ -72,10 +73,9 @@ from ._processes import (
     MuLAN as MuLAN,
     NonIsotropicVE as NonIsotropicVE,
     NonIsotropicVP as NonIsotropicVP,
-    mulan_sample as mulan_sample,
-    snr_curves as snr_curves,
 )
 from ._sampling import (
+    mulan_sample as mulan_sample,
     sample_ancestral as sample_ancestral,
     sample_annealed_langevin as sample_annealed_langevin,
     sample_ddim as sample_ddim,

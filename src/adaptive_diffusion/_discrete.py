@@ -37,22 +37,22 @@ def check_discrete(x: Data, num_levels: int) -> Data:
     """
     if num_levels < 2:
         raise ValueError(f"num_levels must be at least 2, got {num_levels}.")
-    x = eqx.error_if(
-        x,
-        ~jnp.all(jnp.isfinite(x)),
-        "Data contain NaN or infinite values; clean the batch before computing the bound.",
-    )
-    x = eqx.error_if(
-        x,
-        jnp.any(jnp.abs(x) > 1.0),
-        "Data lie outside [-1, 1]; scale images as -1 + (2k + 1) / num_levels.",
-    )
+    non_finite = ~jnp.all(jnp.isfinite(x))
+    out_of_range = jnp.any(jnp.abs(x) > 1.0)
     offset = jnp.abs(x - from_levels(to_levels(x, num_levels), num_levels))
-    return eqx.error_if(
+    off_grid = jnp.any(offset > 1e-3 * 2.0 / num_levels)
+    # One check with three messages: a single host callback per call (the first failing
+    # condition in this order names the problem).
+    return eqx.branched_error_if(
         x,
-        jnp.any(offset > 1e-3 * 2.0 / num_levels),
-        f"Data are off the grid of bin centres -1 + (2k + 1) / {num_levels}; pass "
-        "num_levels matching the data, or map integer levels with from_levels.",
+        non_finite | out_of_range | off_grid,
+        jnp.where(non_finite, 0, jnp.where(out_of_range, 1, 2)),
+        (
+            "Data contain NaN or infinite values; clean the batch before computing the bound.",
+            "Data lie outside [-1, 1]; scale images as -1 + (2k + 1) / num_levels.",
+            f"Data are off the grid of bin centres -1 + (2k + 1) / {num_levels}; pass "
+            "num_levels matching the data, or map integer levels with from_levels.",
+        ),
     )
 
 

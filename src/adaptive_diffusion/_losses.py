@@ -150,39 +150,6 @@ def antithetic_times(key: PRNGKeyArray, batch_size: int) -> Float[Array, " batch
     return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
 
 
-def batch_nelbo(
-    process: AbstractProcess,
-    model: Callable[[State, Time], State],
-    xs: Float[Array, " batch *shape"],
-    *,
-    key: PRNGKeyArray,
-    num_levels: int = 256,
-    parameterization: str | AbstractParameterization = "eps",
-    num_steps: int | None = None,
-) -> NELBO:
-    """`nelbo` over a batch with low-discrepancy times; each field has shape `(batch,)`.
-
-    Arguments as `nelbo`, with `xs` a batch of examples (leading axis).
-    """
-    key_t, key_rest = jax.random.split(key)
-    times = antithetic_times(key_t, xs.shape[0])
-    keys = jax.random.split(key_rest, xs.shape[0])
-
-    def one(x, k, t):
-        return nelbo(
-            process,
-            model,
-            x,
-            key=k,
-            num_levels=num_levels,
-            parameterization=parameterization,
-            num_steps=num_steps,
-            t=t,
-        )
-
-    return jax.vmap(one)(xs, keys, times)
-
-
 class AbstractTimeSampler(eqx.Module):
     r"""How a bound draws its diffusion times, per batch and per example.
 
@@ -272,6 +239,56 @@ class ArcLengthTimes(AbstractTimeSampler):
         mass = jnp.maximum(cells[j], jnp.finfo(cells.dtype).tiny)
         t = jnp.clip(grid[j] + width * (target - cdf[j]) / mass, 0.0, 1.0)
         return t, cdf[-1] * width / mass
+
+
+def batch_bound(
+    bound: Callable[[Data, PRNGKeyArray, Float[Array, ""]], NELBO],
+    xs: Float[Array, " batch *shape"],
+    *,
+    key: PRNGKeyArray,
+    times: AbstractTimeSampler = AntitheticTimes(),
+) -> NELBO:
+    """A per-example bound over a batch: `bound(x, key, u)` under `vmap`, each example
+    with its own key and uniform number `u` from `times.uniforms` (VDM's low-discrepancy
+    times by default); each field of the result has shape `(batch,)`.
+
+    The one place the batch's keys are split, so every batched bound (`batch_nelbo`,
+    `mulan_batch_nelbo`, the training models' `nelbo`) uses them alike.
+    """
+    key_t, key_rest = jax.random.split(key)
+    uniforms = times.uniforms(key_t, xs.shape[0])
+    keys = jax.random.split(key_rest, xs.shape[0])
+    return jax.vmap(bound)(xs, keys, uniforms)
+
+
+def batch_nelbo(
+    process: AbstractProcess,
+    model: Callable[[State, Time], State],
+    xs: Float[Array, " batch *shape"],
+    *,
+    key: PRNGKeyArray,
+    num_levels: int = 256,
+    parameterization: str | AbstractParameterization = "eps",
+    num_steps: int | None = None,
+) -> NELBO:
+    """`nelbo` over a batch with low-discrepancy times; each field has shape `(batch,)`.
+
+    Arguments as `nelbo`, with `xs` a batch of examples (leading axis).
+    """
+
+    def one(x, k, t):
+        return nelbo(
+            process,
+            model,
+            x,
+            key=k,
+            num_levels=num_levels,
+            parameterization=parameterization,
+            num_steps=num_steps,
+            t=t,
+        )
+
+    return batch_bound(one, xs, key=key)
 
 
 # A stream of its own for the latent draw: with JAX's partitionable threefry,
@@ -367,9 +384,6 @@ def mulan_batch_nelbo(
 
     Arguments as `mulan_nelbo`, with `xs` a batch of examples (leading axis).
     """
-    key_t, key_rest = jax.random.split(key)
-    uniforms = times.uniforms(key_t, xs.shape[0])
-    keys = jax.random.split(key_rest, xs.shape[0])
 
     def one(x, k, u):
         return mulan_nelbo(
@@ -384,4 +398,4 @@ def mulan_batch_nelbo(
             times=times,
         )
 
-    return jax.vmap(one)(xs, keys, uniforms)
+    return batch_bound(one, xs, key=key, times=times)

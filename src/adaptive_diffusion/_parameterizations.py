@@ -10,12 +10,16 @@ samplers, through the process's own conversions:
 - `VelocityPrediction`: the output is $\hat v$ with $v = \alpha_t\varepsilon - \sigma_t x_0$
   (Salimans & Ho 2022); $\hat\varepsilon = \sigma_t u_t + \alpha_t \hat v$.
 - `ScorePrediction`: the output is the score $\nabla \log p_t(u_t)$.
+- `EpsilonAsVelocity`: an $\varepsilon$-trained network read through the velocity
+  conversion (MuLAN's ImageNet evaluation).
 """
 
 import abc
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 
 from ._custom_types import State, Time
 from ._processes import AbstractProcess, require_vp
@@ -62,6 +66,30 @@ class VelocityPrediction(AbstractParameterization):
         return require_vp(
             process, "VelocityPrediction", "EpsilonPrediction or ScorePrediction"
         ).eps_from_v(u, t, output)
+
+    def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        return process.score_from_eps(u, t, self.to_eps(process, output, u, t))
+
+
+class EpsilonAsVelocity(AbstractParameterization):
+    r"""A network trained to predict $\varepsilon$, read as a velocity prediction.
+
+    $\hat v = (\hat\varepsilon - \sigma_t y_t)/\alpha_t = e^{\operatorname{softplus}
+    (\gamma)/2}\,\hat\varepsilon - e^{\gamma/2} y_t$ ($y_t = \Sigma^{-1/2} u_t$, and
+    $1/\alpha = \sqrt{1 + e^\gamma}$, $\sigma/\alpha = e^{\gamma/2}$), then read through
+    `VelocityPrediction`: the conversion the MuLAN reference applies to its
+    $\varepsilon$-trained ImageNet model (`velocity_from_epsilon`) to evaluate it with
+    its velocity code. Mathematically the identity on $\hat\varepsilon$; here the score
+    always passes through $\hat\varepsilon$, so the numbers agree with
+    `EpsilonPrediction` to float32 rounding.
+    """
+
+    def to_eps(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
+        vp = require_vp(process, "EpsilonAsVelocity", "EpsilonPrediction")
+        gamma = vp.gamma(t, u)
+        white = vp.covariance.inv_sqrt_apply(u)
+        velocity = jnp.exp(0.5 * jax.nn.softplus(gamma)) * output - jnp.exp(0.5 * gamma) * white
+        return VelocityPrediction().to_eps(process, velocity, u, t)
 
     def to_score(self, process: AbstractProcess, output: State, u: State, t: Time) -> State:
         return process.score_from_eps(u, t, self.to_eps(process, output, u, t))

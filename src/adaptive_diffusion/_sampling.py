@@ -11,6 +11,8 @@ r"""Samplers, one example per call (`jax.vmap` for a batch), from $t = 1$ to $t 
   NI-DDPM's eqs. 20-21).
 - `sample_annealed_langevin`: annealed Langevin dynamics over the noise levels of a
   variance-exploding process (SMLD, Song & Ermon 2019; NI-SMLD).
+- `mulan_sample`: MuLAN's $z \sim p(z)$, then any of the above on `condition(z)`, then
+  the decoder.
 
 Each returns the state at $t = 0$, a draw from (an approximation of) $p_0$, or with
 `denoise=True` its denoised mean $\mathbb E[x_0 \mid z_0]$.
@@ -22,10 +24,18 @@ from typing import Literal
 import diffrax
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._custom_types import Data, Gamma, State, Time
-from ._processes import AbstractProcess, AbstractVPProcess, NonIsotropicVE, require_vp
+from ._discrete import to_levels
+from ._parameterizations import AbstractParameterization, score_fn
+from ._processes import (
+    AbstractProcess,
+    AbstractVPProcess,
+    MuLAN,
+    NonIsotropicVE,
+    require_vp,
+)
 from ._schedules import alpha_sigma
 
 
@@ -340,3 +350,39 @@ def sample_annealed_langevin(
     keys = jax.random.split(key_levels, num_levels)
     x0, _ = jax.lax.scan(level, ve.prior_sample(key_prior, shape), (times, keys))
     return _denoised(ve, score_fn, x0, times[-1]) if denoise else x0
+
+
+def mulan_sample(
+    mulan: MuLAN,
+    net: Callable[..., Data],
+    key: PRNGKeyArray,
+    sampler: Callable[..., Data],
+    *,
+    num_levels: int = 256,
+    parameterization: str | AbstractParameterization = "eps",
+    **sampler_kwargs,
+) -> Int[Array, "*shape"]:
+    r"""One sample from MuLAN: $z \sim p(z)$, reverse `condition(z)`, decode.
+
+    The reverse process runs with any core sampler (`sample_ancestral`, `sample_ddim`,
+    `sample_ode`, `sample_sde`) on the score of `mulan.denoiser(net, z)`; the result
+    $z_0$ is decoded to the level nearest $z_0 / \alpha_0$, the mode of VDM's decoder.
+
+    **Arguments:**
+
+    - `mulan`, `net`: the model and its network (see `MuLAN.denoiser`).
+    - `key`: PRNG key for $z$ and the sampler.
+    - `sampler`: a core sampler, `sampler(process, score_fn, key, shape, **kwargs)`.
+    - `num_levels`: the number of levels of the data.
+    - `parameterization`: what `net` predicts (`"eps"`, `"v"`, ... or an object).
+    - `sampler_kwargs`: passed to `sampler` (e.g. `num_steps`).
+
+    **Returns:** integer levels `0 .. num_levels - 1`, shaped like the data.
+    """
+    key_z, key_sample = jax.random.split(key)
+    z = mulan.prior.sample(key_z)
+    process = mulan.condition(z)
+    score = score_fn(process, mulan.denoiser(net, z), parameterization)
+    z0 = sampler(process, score, key_sample, mulan.data_shape, **sampler_kwargs)
+    alpha0, _ = process.alpha_sigma(0.0, z0)
+    return to_levels(z0 / alpha0, num_levels)

@@ -494,8 +494,7 @@ class BetaSchedule(AbstractSchedule):
         values = jnp.asarray(betas)
         if values.ndim != 1 or values.size < 2:
             raise ValueError(
-                f"BetaSchedule needs a 1-D sequence of at least 2 betas, got shape "
-                f"{values.shape}."
+                f"BetaSchedule needs a 1-D sequence of at least 2 betas, got shape {values.shape}."
             )
         gammas = []
         log_alpha_bar = 0.0

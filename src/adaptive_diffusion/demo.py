@@ -39,9 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     progress = not args.no_progress
     config = Config.from_yaml(config_path(args.config)).with_overrides(args.overrides)
     workdir = pathlib.Path(args.workdir)
-    print(
-        f"training {args.config} for {config.steps} steps in {workdir}; devices {jax.devices()}"
-    )
+    print(f"training {args.config} for {config.steps} steps in {workdir}; devices {jax.devices()}")
     start = time.perf_counter()
     state = train(config, workdir, resume=True, progress=progress)
     seconds = time.perf_counter() - start

@@ -3,8 +3,6 @@ from ._mulan import (
     LatentDenoiser as LatentDenoiser,
     LatentPrior as LatentPrior,
     MuLAN as MuLAN,
-    mulan_sample as mulan_sample,
-    snr_curves as snr_curves,
 )
 from ._nonisotropic import NonIsotropicVP as NonIsotropicVP
 from ._ve import NonIsotropicVE as NonIsotropicVE

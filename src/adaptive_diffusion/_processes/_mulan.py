@@ -20,19 +20,18 @@ built for `mulan.denoiser_input_shape` with `cond_dim = mulan.latent.size` (e.g.
 one latent by `mulan.denoiser(net, z)` into the `model(u_t, t)` that the core's bound,
 likelihood and samplers take. The entry points for training and evaluation are
 `mulan_nelbo` / `mulan_batch_nelbo` (bound), `mulan_dense_vlb` and
-`mulan_ode_bits_per_dim` (evaluation), and `mulan_sample` (sampling).
+`mulan_ode_bits_per_dim` (evaluation), and `mulan_sample` (sampling), in the modules
+of their kind.
 """
 
-import math
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._custom_types import Data, Time
-from .._discrete import to_levels
 from .._latents import AbstractLatent, TopKLatent
 from .._schedules import AbstractLatentSchedule, PolynomialScheduleNetwork
 from ..nn import ConvEncoder, MLPEncoder
@@ -174,58 +173,3 @@ class MuLAN(eqx.Module):
         `LatentDenoiser`. `net` is built for `denoiser_input_shape` with
         `cond_dim = latent.size` (or is any callable of that signature)."""
         return LatentDenoiser(net, self.condition(z), z, self.gamma_min, self.gamma_max)
-
-
-def mulan_sample(
-    mulan: MuLAN,
-    net: Callable[..., Data],
-    key: PRNGKeyArray,
-    sampler: Callable[..., Data],
-    *,
-    num_levels: int = 256,
-    parameterization="eps",
-    **sampler_kwargs,
-) -> Int[Array, "*shape"]:
-    r"""One sample from MuLAN: $z \sim p(z)$, reverse `condition(z)`, decode.
-
-    The reverse process runs with any core sampler (`sample_ancestral`, `sample_ddim`,
-    `sample_ode`, `sample_sde`) on the score of `mulan.denoiser(net, z)`; the result
-    $z_0$ is decoded to the level nearest $z_0 / \alpha_0$, the mode of VDM's decoder.
-
-    **Arguments:**
-
-    - `mulan`, `net`: the model and its network (see `MuLAN.denoiser`).
-    - `key`: PRNG key for $z$ and the sampler.
-    - `sampler`: a core sampler, `sampler(process, score_fn, key, shape, **kwargs)`.
-    - `num_levels`: the number of levels of the data.
-    - `parameterization`: what `net` predicts (`"eps"`, `"v"`, ... or an object).
-    - `sampler_kwargs`: passed to `sampler` (e.g. `num_steps`).
-
-    **Returns:** integer levels `0 .. num_levels - 1`, shaped like the data.
-    """
-    # Imported here: the parameterisations module imports this package.
-    from .._parameterizations import score_fn
-
-    key_z, key_sample = jax.random.split(key)
-    z = mulan.prior.sample(key_z)
-    process = mulan.condition(z)
-    score = score_fn(process, mulan.denoiser(net, z), parameterization)
-    z0 = sampler(process, score, key_sample, mulan.data_shape, **sampler_kwargs)
-    alpha0, _ = process.alpha_sigma(0.0, z0)
-    return to_levels(z0 / alpha0, num_levels)
-
-
-def snr_curves(
-    mulan: MuLAN, z: Float[Array, " latent"], ts: Float[Array, " times"]
-) -> Float[Array, "times dims"]:
-    r"""$\log_{10}\mathrm{SNR}_i(z, t) = -\gamma_i(z, t) / \ln 10$ at times `ts`, one
-    column per data dimension (MuLAN's figure 3 plots these curves)."""
-    size = math.prod(mulan.data_shape)
-    process = mulan.condition(z)
-    zeros = jnp.zeros(mulan.data_shape)
-
-    def at(t):
-        gamma = jnp.broadcast_to(process.gamma(t, zeros), mulan.data_shape)
-        return -gamma.reshape(size) / math.log(10.0)
-
-    return jax.vmap(at)(ts)

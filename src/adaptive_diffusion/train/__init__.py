@@ -26,6 +26,7 @@ from ._evaluate import (
 from ._metrics import MetricsWriter as MetricsWriter, read_metrics as read_metrics
 from ._model import (
     AbstractDiffusionModel as AbstractDiffusionModel,
+    MuLANModel as MuLANModel,
     VPModel as VPModel,
     build_model as build_model,
 )

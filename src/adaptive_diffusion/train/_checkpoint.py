@@ -27,7 +27,8 @@ from ._state import TrainState
 
 RESUMABLE_KEYS = frozenset(
     {"log_every", "eval_every", "checkpoint_every", "max_to_keep", "mesh.data", "eval.examples"}
-    | {"eval.num_samples", "eval.sampler", "eval.sample_steps", "data.path", "data.test_path"}
+    | {"eval.num_samples", "eval.sampler", "eval.sample_steps", "eval.dequantization"}
+    | {"eval.ode_samples", "data.path", "data.test_path"}
 )
 """Config keys that may differ between a checkpoint and the run resuming it: they change
 where files are, how often things happen or how the run is observed, not what is

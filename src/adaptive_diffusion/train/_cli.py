@@ -30,8 +30,10 @@ from ._trainer import eval_model, setup, train
 SHIPPED_CONFIGS = (
     "digits",
     "digits_nonisotropic",
+    "digits_mulan",
     "cifar10",
     "cifar10_nonisotropic",
+    "cifar10_mulan",
     "imagenet32",
 )
 
@@ -78,15 +80,23 @@ def run_directory(checkpoint: str) -> pathlib.Path:
     )
 
 
-def load_run(checkpoint: str, raw: bool):
-    """The config, the run (mesh, sources) and the restored model of a run folder."""
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def load_run(checkpoint: str, raw: bool, overrides: Sequence[str] = ()):
+    """The config, the run (mesh, sources) and the restored model of a run folder;
+    `overrides` may change how the run is evaluated (keys in `RESUMABLE_KEYS`)."""
     directory = run_directory(checkpoint)
     probe = Checkpointer(directory / "checkpoints", Config(), max_to_keep=1)
     steps = probe.steps()
     if not steps:
         probe.close()
         raise FileNotFoundError(f"{directory / 'checkpoints'} holds no checkpoint yet.")
-    config = probe.stored_config(steps[-1])
+    config = probe.stored_config(steps[-1]).with_overrides(overrides)
     probe.close()
     run = setup(config, directory)
     state = run.checkpointer.restore(run.state)
@@ -135,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-examples", type=int, help="test examples (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-steps", type=int, default=1000, help="steps T of the vlb method")
+    p.add_argument(
+        "--dequantization",
+        choices=("process", "truncated_normal", "uniform"),
+        help="the ode method's dequantisation (default: the run's eval.dequantization)",
+    )
+    p.add_argument(
+        "--ode-samples",
+        type=_positive_int,
+        help="importance-weighted draws per example of the ode method (default: the run's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="use the raw weights, not their EMA")
     p.add_argument("--out", help="also write the result as JSON to this file")
@@ -170,7 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             train(config, workdir, resume=args.resume, progress=progress)
             print(f"run folder: {workdir}")
         elif args.command == "eval":
-            _, run, model, step = load_run(args.checkpoint, args.raw)
+            overrides = [
+                f"eval.{name}={value}"
+                for name, value in (
+                    ("dequantization", args.dequantization),
+                    ("ode_samples", args.ode_samples),
+                )
+                if value is not None
+            ]
+            _, run, model, step = load_run(args.checkpoint, args.raw, overrides)
             result = evaluate(
                 model,
                 run.test_source,

@@ -24,9 +24,13 @@ class ProcessConfig:
 
     **Arguments:**
 
-    - `kind`: `"vp"`, the scalar variance-preserving process of VDM, or `"nonisotropic"`,
-      the same with Gaussian-free-field noise $\Sigma^{1/2}\varepsilon$ (NI-DDPM).
-    - `schedule`: `"linear"`, `"cosine"` or `"learned"` (VDM's monotone network).
+    - `kind`: `"vp"`, the scalar variance-preserving process of VDM; `"nonisotropic"`,
+      the same with Gaussian-free-field noise $\Sigma^{1/2}\varepsilon$ (NI-DDPM); or
+      `"mulan"`, a per-dimension schedule $\gamma(z, t)$ conditioned on an auxiliary
+      latent $z \sim q(z \mid x)$ (MuLAN).
+    - `schedule`: `"linear"`, `"cosine"` or `"learned"` (VDM's monotone network; for
+      `"mulan"`, that network conditioned on $z$ with one output per dimension), or
+      `"polynomial"` (`"mulan"` only: MuLAN's degree-5 polynomial per dimension).
     - `gamma_min`, `gamma_max`: the endpoints $\gamma(0)$ and $\gamma(1)$ of the
       negative log-SNR.
     - `parameterization`: what the network predicts: `"eps"` (the noise), `"x"` (the
@@ -35,15 +39,25 @@ class ProcessConfig:
       (`"nonisotropic"` only; 1 is the paper's).
     - `learn_covariance`: fit the power and the DC weight with the rest of the model
       (`"nonisotropic"` only).
+    - `latent`: the family of MuLAN's latent (`"mulan"` only): `"topk"` (the
+      reference's 50 units with 15 hot), `"gaussian"`, `"categorical"` or `"none"`.
+    - `latent_size`: the latent's dimension (units, or categories); 0 for the family's
+      default, the reference's 50.
+    - `encoder`: MuLAN's encoder of $q(z \\mid x)$ (`"mulan"` only): `"conv"`, the
+      reference's (the down path and middle of the UNet, 64 channels; ~30 times the
+      compute of the digits MLP denoiser), or `"mlp"`, two hidden layers of 256 units.
     """
 
-    kind: Literal["vp", "nonisotropic"] = "vp"
-    schedule: Literal["linear", "cosine", "learned"] = "learned"
+    kind: Literal["vp", "nonisotropic", "mulan"] = "vp"
+    schedule: Literal["linear", "cosine", "learned", "polynomial"] = "learned"
     gamma_min: float = -13.3
     gamma_max: float = 5.0
     parameterization: Literal["eps", "x", "v"] = "eps"
     power: float = 1.0
     learn_covariance: bool = False
+    latent: Literal["topk", "gaussian", "categorical", "none"] = "topk"
+    latent_size: int = 0
+    encoder: Literal["conv", "mlp"] = "conv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,12 +155,21 @@ class EvalConfig:
     - `sampler`: `"ancestral"`, `"ddim"`, `"ode"` (probability flow) or `"sde"`
       (reverse SDE).
     - `sample_steps`: the sampler's steps (ignored by the adaptive `"ode"` sampler).
+    - `dequantization`: how the ODE likelihood turns the density into a probability of
+      the discrete data: `"process"` (the forward process's own $q(z_0 \\mid x)$ and
+      decoder, consistent with training on bin centres), `"truncated_normal"` (i-DODE's,
+      MuLAN's evaluation) or `"uniform"`.
+    - `ode_samples`: draws per example of the ODE bound (of the dequantisation and, for
+      `"mulan"`, of the latent), combined by importance weighting (MuLAN's reference
+      uses 20).
     """
 
     examples: int = 512
     num_samples: int = 64
     sampler: Literal["ancestral", "ddim", "ode", "sde"] = "ancestral"
     sample_steps: int = 1000
+    dequantization: Literal["process", "truncated_normal", "uniform"] = "process"
+    ode_samples: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +208,8 @@ class Config:
         for name in ("batch_size", "steps", "max_to_keep", *intervals):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.eval.ode_samples < 1:
+            raise ValueError(f"eval.ode_samples must be positive, got {self.eval.ode_samples}.")
         if self.max_consecutive_nonfinite < 0:
             raise ValueError(
                 f"max_consecutive_nonfinite must be >= 0, got {self.max_consecutive_nonfinite}."

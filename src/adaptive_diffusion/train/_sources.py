@@ -31,8 +31,10 @@ def make_source(config: DataConfig, split: Literal["train", "test"]) -> Abstract
         return DigitsSource(split)
     if config.source == "patches":
         return SampleImagePatchesSource(split, patch_size=config.patch_size)
-    path = config.path if split == "train" or config.source in ("cifar10", "imagenet32") else (
-        config.test_path
+    path = (
+        config.path
+        if split == "train" or config.source in ("cifar10", "imagenet32")
+        else (config.test_path)
     )
     if path is None:
         key = "data.path" if split == "train" else "data.test_path"

@@ -6,7 +6,8 @@
 - `checkpoints/<step>/`: orbax checkpoints (state, data position, config);
 - `metrics.jsonl` and `tensorboard/`: the training loss, gradient norm, skipped steps,
   throughput and the periodic held-out bound;
-- `samples.png` and `schedule.png`, written when training ends.
+- `samples.png` and `schedule.png`, written when training ends, and `snr.png` (the
+  per-pixel SNR curves of a few test images) for a schedule that depends on the example.
 """
 
 import dataclasses
@@ -23,17 +24,21 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from .._discrete import from_levels
-from ..data import AbstractImageSource, image_pipeline
+from ..data import AbstractImageSource, image_pipeline, levels_to_centres
 from ._checkpoint import Checkpointer
 from ._config import Config
 from ._evaluate import evaluate, generate
 from ._metrics import MetricsWriter
 from ._model import AbstractDiffusionModel, build_model
 from ._optim import make_optimizer
-from ._plots import plot_schedule, save_image_grid
+from ._plots import plot_schedule, plot_snr_curves, save_image_grid
 from ._sources import make_source
 from ._state import TrainState, init_state
 from ._step import check_nonfinite, make_mesh, make_train_step, replicate, shard_batch
+
+
+_SNR_EXAMPLES = 6
+"""How many test images `snr.png` shows."""
 
 
 def training_loss(
@@ -101,10 +106,14 @@ def write_pictures(
     directory: str | os.PathLike,
     *,
     key: PRNGKeyArray,
+    examples: Float[np.ndarray, " n *shape"] | None = None,
     progress: bool = True,
-) -> tuple[pathlib.Path, pathlib.Path]:
+) -> list[pathlib.Path]:
     """Write `samples.png` (a grid of `config.eval.num_samples` samples) and
-    `schedule.png` (the noise schedule) into `directory`; returns their paths."""
+    `schedule.png` (the noise schedule) into `directory`, and, for a model whose schedule
+    depends on the example (MuLAN), `snr.png`: the per-pixel SNR curves of the
+    `examples` (a few test images in $[-1, 1]$), or of latents from the prior without
+    them (see `plot_snr_curves`). Returns the paths written."""
     directory = pathlib.Path(directory)
     key_samples, key_curves = jax.random.split(key)
     levels = generate(
@@ -116,14 +125,33 @@ def write_pictures(
         mesh=mesh,
         progress=progress,
     )
-    samples, schedule = directory / "samples.png", directory / "schedule.png"
     ts = jnp.linspace(0.0, 1.0, 101)
-    curves = np.asarray(eqx.filter_jit(lambda m, k: m.gamma_curves(ts, key=k))(model, key_curves))
+
+    @eqx.filter_jit
+    def curves_of(model, key, xs):
+        return model.gamma_curves(ts, key=key, xs=xs)
+
+    xs = None if examples is None else jnp.asarray(examples)
+    curves = np.asarray(curves_of(model, key_curves, xs))
+    paths = [directory / "samples.png", directory / "schedule.png"]
+    if curves.shape[0] > 1:
+        paths.append(directory / "snr.png")
     if jax.process_index() == 0:
-        save_image_grid(levels, model.num_levels, samples)
+        save_image_grid(levels, model.num_levels, paths[0])
         title = f"noise schedule, {config.data.source}"
-        plot_schedule(np.asarray(ts), curves, schedule, title=title)
-    return samples, schedule
+        plot_schedule(np.asarray(ts), curves, paths[1], title=title)
+        if curves.shape[0] > 1:
+            labels = None if xs is None else [f"test image {i + 1}" for i in range(len(xs))]
+            plot_snr_curves(
+                np.asarray(ts),
+                curves,
+                model.data_shape,
+                paths[2],
+                labels=labels,
+                images=examples,
+                title=f"per-pixel log-SNR across latents, {config.data.source}",
+            )
+    return paths
 
 
 def train(
@@ -194,9 +222,7 @@ def train(
                 rate = window_steps / elapsed
                 values.update(steps_per_s=rate, images_per_s=rate * config.batch_size)
                 metrics.write(step, {f"train/{k}": v for k, v in values.items()})
-                bar.set_postfix(
-                    loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}"
-                )
+                bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}")
                 check_nonfinite(state, config.max_consecutive_nonfinite)
                 window_start, window_steps = time.perf_counter(), 0
             if step % config.eval_every == 0 or step == config.steps:
@@ -221,8 +247,15 @@ def train(
         checkpointer.close()
         metrics.close()
     if pictures:
+        count = min(_SNR_EXAMPLES, len(run.test_source))
+        examples = levels_to_centres(run.test_source[np.arange(count)], run.test_source.num_levels)
         write_pictures(
-            eval_model(state), config, run.mesh, workdir, key=key_eval, progress=progress
+            eval_model(state),
+            config,
+            run.mesh,
+            workdir,
+            key=key_eval,
+            examples=examples,
+            progress=progress,
         )
     return state
-
