@@ -166,9 +166,7 @@ def main():
     xs = jnp.asarray(levels_to_centres(test.images[: args.num_examples], NUM_LEVELS))
     n = xs.shape[0]
     keys_q = jax.random.split(jax.random.key(10), n)
-    ys, _ = jax.vmap(lambda k, x: ad.ProcessDequantization()(process, k, x, NUM_LEVELS))(
-        keys_q, xs
-    )
+    ys, _ = jax.vmap(lambda k, x: ad.ProcessDequantization()(process, k, x, NUM_LEVELS))(keys_q, xs)
     keys = jax.random.split(jax.random.key(11), n)
     probes = jax.vmap(lambda k, y: ad.HutchinsonTrace().init(k, y)[0])(keys, ys)
     # ours draws the same probes from the same keys: its small 'err probe' column shows it.

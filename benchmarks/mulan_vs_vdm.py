@@ -23,6 +23,8 @@ its finished runs; runs already in the file are skipped.
 
     python benchmarks/mulan_vs_vdm.py --data digits --steps 4000 --seeds 0 1 2
     python benchmarks/mulan_vs_vdm.py --data patches --steps 3000 --seeds 0 1 2
+    python benchmarks/mulan_vs_vdm.py --data digits --steps 4000 --seeds 0 \\
+        --models mulan_nolatent mulan_monotone --out benchmarks/results/mulan_ablation.json
 """
 
 import argparse
@@ -53,6 +55,15 @@ MODELS = {
     "mulan": [
         "process.kind=mulan",
         "process.schedule=polynomial",
+        "process.latent=topk",
+        "process.encoder=mlp",
+    ],
+    # Ablations: MuLAN's learned per-pixel schedule without the latent, and MuLAN with
+    # VDM's monotone network (conditioned on z) in place of the polynomial.
+    "mulan_nolatent": ["process.kind=mulan", "process.schedule=polynomial", "process.latent=none"],
+    "mulan_monotone": [
+        "process.kind=mulan",
+        "process.schedule=learned",
         "process.latent=topk",
         "process.encoder=mlp",
     ],
