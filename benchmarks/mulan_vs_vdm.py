@@ -22,7 +22,7 @@ Rows are appended to the JSON file as each run finishes, so an interrupted compa
 its finished runs; runs already in the file are skipped.
 
     python benchmarks/mulan_vs_vdm.py --data digits --steps 4000 --seeds 0 1 2
-    python benchmarks/mulan_vs_vdm.py --data patches --steps 3000 --seeds 0 1 2
+    python benchmarks/mulan_vs_vdm.py --data patches --steps 2000 --seeds 0 1 2
     python benchmarks/mulan_vs_vdm.py --data digits --steps 4000 --seeds 0 \\
         --models mulan_nolatent mulan_monotone --out benchmarks/results/mulan_ablation.json
 """

@@ -423,6 +423,12 @@ def _check_process_options(config: Config) -> None:
         )
 
 
+# MuLAN's encoder draws from a stream of its own, so VP models keep the initial weights
+# they had before MuLAN joined (with JAX's partitionable threefry, fold_in(key, i) equals
+# split(key, n)[i], hence a large constant).
+_ENCODER_STREAM = 0x656E63
+
+
 def build_model(
     config: Config, data_shape: tuple[int, ...], num_levels: int, *, key: PRNGKeyArray
 ) -> AbstractDiffusionModel:
@@ -437,7 +443,8 @@ def build_model(
     """
     _check_process_options(config)
     data_shape = tuple(data_shape)
-    key_schedule, key_net, key_encoder = jax.random.split(key, 3)
+    key_schedule, key_net = jax.random.split(key)
+    key_encoder = jax.random.fold_in(key, _ENCODER_STREAM)
     common = {
         "parameterization": as_parameterization(config.process.parameterization),
         "data_shape": data_shape,
