@@ -28,8 +28,9 @@ from ._losses import (
     AbstractTimeSampler,
     AntitheticTimes,
     assemble_nelbo,
+    batch_bound,
     endpoint_terms,
-    mulan_batch_nelbo,
+    mulan_nelbo,
 )
 from ._parameterizations import (
     AbstractParameterization,
@@ -519,15 +520,21 @@ def mulan_dense_vlb(
 
     **Returns:** `NELBO` of the means, scalars in bits/dim.
     """
-    xs = jnp.broadcast_to(x, (num_times, *x.shape))
-    bound = mulan_batch_nelbo(
-        mulan,
-        net,
-        xs,
-        key=key,
-        num_levels=num_levels,
-        parameterization=parameterization,
-        num_steps=num_steps,
-        times=times,
-    )
+
+    def one(_, k, u):
+        return mulan_nelbo(
+            mulan,
+            net,
+            x,
+            key=k,
+            num_levels=num_levels,
+            parameterization=parameterization,
+            num_steps=num_steps,
+            t=u,
+            times=times,
+        )
+
+    # `mulan_batch_nelbo` on `num_times` copies of `x`, with the same keys and times; `x`
+    # stays unbatched (the batch is placeholders), so the encoder runs once, not per copy.
+    bound = batch_bound(one, jnp.zeros((num_times,), x.dtype), key=key, times=times)
     return jax.tree.map(jnp.mean, bound)
