@@ -10,7 +10,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._embeddings import fourier_features
-from ._unet import _AttentionBlock, _conv3x3, _group_norm, _ResnetBlock, _zero_init
+from ._unet import _AttentionBlock, _conv, _conv3x3, _group_norm, _norm, _ResnetBlock, _zero_init
 
 
 class ConvEncoder(eqx.Module):
@@ -95,14 +95,15 @@ class ConvEncoder(eqx.Module):
         """
         if x.shape != self.data_shape:
             raise ValueError(f"Expected `x` of shape {self.data_shape}, got {x.shape}.")
-        h = self.conv_in(jnp.concatenate([x, fourier_features(x, self.fourier_exponents)]))
+        h = jnp.concatenate([x, fourier_features(x, self.fourier_exponents)])
+        h = _conv(self.conv_in, jnp.transpose(h, (1, 2, 0)))
         emb = self.embedding.astype(x.dtype)
         for block in self.blocks:
             h = block(h, emb, key=None)
         h = self.mid_block1(h, emb, key=None)
         h = self.mid_attention(h)
         h = self.mid_block2(h, emb, key=None)
-        h = self.conv_out(jax.nn.silu(self.norm_out(h)))
+        h = _conv(self.conv_out, jax.nn.silu(_norm(self.norm_out, h)))
         return self.head(jax.nn.silu(h.reshape(-1)))
 
 

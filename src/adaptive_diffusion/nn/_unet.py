@@ -43,6 +43,41 @@ def _conv3x3(in_channels: int, out_channels: int, *, key: PRNGKeyArray) -> eqx.n
     return eqx.nn.Conv2d(in_channels, out_channels, 3, padding="SAME", key=key)
 
 
+def _conv(conv: eqx.nn.Conv2d, x: Float[Array, "h w c_in"]) -> Float[Array, "h w c_out"]:
+    """`conv` (stride 1, zero padding) applied to channels-last features.
+
+    The weights keep Equinox's `(out, in, kh, kw)` layout; the convolution runs with an
+    NHWC input and an HWIO kernel, the one layout for which XLA:CPU calls its fast
+    convolution kernels without first transposing the operands (a transposed copy per
+    convolution otherwise)."""
+    kernel = jnp.transpose(conv.weight, (2, 3, 1, 0))
+    out = jax.lax.conv_general_dilated(
+        x[None], kernel, (1, 1), conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )[0]
+    return out if conv.bias is None else out + conv.bias.reshape(1, 1, -1)
+
+
+def _norm(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]) -> Float[Array, "h w c"]:
+    r"""`norm` applied to channels-last features.
+
+    With $\mu_g$ and $\sigma_g^2$ the mean and variance of $x$ over all pixels and the
+    channels of group $g$, channel $c$ of group $g$ becomes
+    $w_c (x_c - \mu_g) / \sqrt{\sigma_g^2 + \epsilon} + b_c$, as in `norm(x)` channels
+    first. Each statistic is a mean over the pixels per channel, then over the channels of
+    each group: reductions that keep the channel axis minor, which XLA:CPU vectorises,
+    where one reduction over pixels and channels at once runs several times slower."""
+    assert norm.weight is not None and norm.bias is not None  # `_group_norm`'s are affine
+    size = x.shape[-1] // norm.groups
+
+    def group_mean(y: Float[Array, "h w c"]) -> Float[Array, "1 1 c"]:
+        per_channel = jnp.mean(y, axis=(0, 1)).reshape(norm.groups, size)
+        return jnp.repeat(jnp.mean(per_channel, axis=1), size).reshape(1, 1, -1)
+
+    centred = x - group_mean(x)
+    scale = jax.lax.rsqrt(group_mean(jnp.square(centred)) + norm.eps)
+    return centred * (scale * norm.weight.reshape(1, 1, -1)) + norm.bias.reshape(1, 1, -1)
+
+
 class _ResnetBlock(eqx.Module):
     """GroupNorm-SiLU-conv, plus a projection of the embedding, then
     GroupNorm-SiLU-dropout-conv (zero-initialised), added to a (1x1-projected) skip."""
@@ -79,18 +114,18 @@ class _ResnetBlock(eqx.Module):
 
     def __call__(
         self,
-        x: Float[Array, "c_in h w"],
+        x: Float[Array, "h w c_in"],
         emb: Float[Array, " e"],
         *,
         key: PRNGKeyArray | None,
-    ) -> Float[Array, "c_out h w"]:
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
-        h = h + self.emb_proj(emb)[:, None, None]
-        h = jax.nn.silu(self.norm2(h))
+    ) -> Float[Array, "h w c_out"]:
+        h = _conv(self.conv1, jax.nn.silu(_norm(self.norm1, x)))
+        h = h + self.emb_proj(emb)[None, None]
+        h = jax.nn.silu(_norm(self.norm2, h))
         h = self.dropout(h, key=key, inference=key is None)
-        h = self.conv2(h)
+        h = _conv(self.conv2, h)
         if self.shortcut is not None:
-            x = self.shortcut(x)
+            x = _conv(self.shortcut, x)
         return x + h
 
 
@@ -114,11 +149,11 @@ class _AttentionBlock(eqx.Module):
         )
         self.attention = eqx.tree_at(lambda a: a.output_proj, attention, replace_fn=_zero_init)
 
-    def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "c h w"]:
-        c, height, width = x.shape
-        seq = self.norm(x).reshape(c, height * width).T
+    def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "h w c"]:
+        height, width, c = x.shape
+        seq = _norm(self.norm, x).reshape(height * width, c)
         out = self.attention(seq, seq, seq)
-        return x + out.T.reshape(c, height, width)
+        return x + out.reshape(x.shape)
 
 
 class UNet(eqx.Module):
@@ -153,8 +188,20 @@ class UNet(eqx.Module):
     `UNet((3, 32, 32), key=key, channels=128, n_layers=32, dropout=0.1)`.
 
     Dropout follows Equinox: it is applied when a `key` is passed to `__call__`
-    and the model is deterministic without one. The repeated blocks are run with
-    `jax.lax.scan`, so compile time does not grow with `n_layers`.
+    and the model is deterministic without one.
+
+    The interface is channels first, but inside the network the features are
+    channels last, `(H, W, C)`: XLA:CPU's fast convolution kernels take NHWC inputs
+    and HWIO kernels, and any other layout costs a transposed copy of each operand.
+    The repeated blocks keep their weights stacked (one leading axis per path) and
+    run either with `jax.lax.scan`, whose compile time does not grow with
+    `n_layers`, or unrolled, each block its own code (`unroll`). On XLA:CPU the
+    scan is the slow choice: XLA:CPU rewrites convolutions into the layout of its
+    fast kernels only outside loops (its `ConvCanonicalization` pass visits the
+    entry computation alone, jax-ml/jax#12868), and inside the scan's while loop
+    the convolutions of the backward pass, whose layouts autodiff permutes, fall
+    back to a naive loop nest, about 20 times slower. Unrolled they keep the fast
+    kernels, at the price of a compile time that grows with `n_layers`.
 
     Batch with `jax.vmap(model)(x_t, t)`.
     """
@@ -164,6 +211,7 @@ class UNet(eqx.Module):
     n_layers: int = eqx.field(static=True)
     fourier_exponents: tuple[int, ...] = eqx.field(static=True)
     cond_dim: int = eqx.field(static=True)
+    unroll: bool | None = eqx.field(static=True)
     time_mlp: eqx.nn.MLP
     cond_proj: eqx.nn.Linear | None
     conv_in: eqx.nn.Conv2d
@@ -187,6 +235,7 @@ class UNet(eqx.Module):
         fourier_exponents: Sequence[int] = (6, 7),
         norm_groups: int = 32,
         cond_dim: int = 0,
+        unroll: bool | None = None,
     ):
         """**Arguments:**
 
@@ -209,6 +258,10 @@ class UNet(eqx.Module):
         - `cond_dim`: the length of the optional conditioning vector `cond` (e.g. a
             MuLAN latent), added into the time embedding; `0` (the default) for an
             unconditional model.
+        - `unroll`: whether the repeated blocks run unrolled (`True`) or in
+            `jax.lax.scan` (`False`); `None` (the default) unrolls when the default
+            backend, `jax.default_backend()` at trace time, is the CPU, and scans
+            otherwise. Both compute the same function with the same weights.
         """
         if len(data_shape) != 3:
             raise ValueError(f"`data_shape` must be (C, H, W), got {tuple(data_shape)}.")
@@ -224,6 +277,7 @@ class UNet(eqx.Module):
         self.n_layers = n_layers
         self.fourier_exponents = tuple(int(n) for n in fourier_exponents)
         self.cond_dim = cond_dim
+        self.unroll = unroll
 
         emb_dim = 4 * channels
         keys = jr.split(key, 9)
@@ -295,8 +349,9 @@ class UNet(eqx.Module):
             down_keys = jr.split(k_down, self.n_layers)
             up_keys = jr.split(k_up, self.n_layers + 1)
 
+        unroll = jax.default_backend() == "cpu" if self.unroll is None else self.unroll
         h = jnp.concatenate([x, fourier_features(x, self.fourier_exponents)])
-        h = self.conv_in(h)
+        h = _conv(self.conv_in, jnp.transpose(h, (1, 2, 0)))
 
         down_params, down_static = eqx.partition(self.down_blocks, eqx.is_array)
 
@@ -306,7 +361,7 @@ class UNet(eqx.Module):
             return out, out
 
         skip0 = h
-        h, skips = jax.lax.scan(down_step, h, (down_params, down_keys))
+        h, skips = jax.lax.scan(down_step, h, (down_params, down_keys), unroll=unroll)
         skips = jnp.concatenate([skip0[None], skips])[::-1]
 
         h = self.mid_block1(h, emb, key=mid_key1)
@@ -317,10 +372,10 @@ class UNet(eqx.Module):
 
         def up_step(carry, xs):
             params, skip, k = xs
-            out = eqx.combine(params, up_static)(jnp.concatenate([carry, skip]), emb, key=k)
-            return out, None
+            block = eqx.combine(params, up_static)
+            return block(jnp.concatenate([carry, skip], axis=-1), emb, key=k), None
 
-        h, _ = jax.lax.scan(up_step, h, (up_params, skips, up_keys))
+        h, _ = jax.lax.scan(up_step, h, (up_params, skips, up_keys), unroll=unroll)
 
-        h = jax.nn.silu(self.norm_out(h))
-        return self.conv_out(h)
+        h = _conv(self.conv_out, jax.nn.silu(_norm(self.norm_out, h)))
+        return jnp.transpose(h, (2, 0, 1))
