@@ -43,9 +43,22 @@ def routes(process):
     }
 
 
+def _count(jaxpr, name: str) -> int:
+    """Equations of primitive `name` in a jaxpr and the jaxprs nested in it."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += eqn.primitive.name == name
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, list | tuple) else [param]:
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    total += _count(sub, name)
+    return total
+
+
 def count_ffts(fn, u) -> int:
-    jaxpr = jax.make_jaxpr(lambda u: fn(u, 0.4))(u)
-    return sum(eqn.primitive.name == "fft" for eqn in jaxpr.jaxpr.eqns)
+    """FFTs (forward and inverse) in one evaluation of the drift."""
+    return _count(jax.make_jaxpr(lambda u: fn(u, 0.4))(u), "fft")
 
 
 def best_seconds(fn, args, repeats: int) -> float:

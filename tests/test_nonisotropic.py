@@ -194,6 +194,10 @@ def test_bound_holds_for_the_optimal_denoiser(getkey):
 
         return jax.vmap(per_point)(points, jax.random.split(key, points.shape[0]))
 
+    # One jit per process: in one program, the two processes' large batched triangular
+    # solves (the mixture's log-density) ran concurrently and deadlocked XLA:CPU's two
+    # worker threads inside jaxlib 0.10.2's LAPACK kernel, which waits on its own pool
+    # (reproduced without equinox; no host callback is involved).
     def bounds(key):
         keys = jax.random.split(key, len(processes))
         return {name: per_process(p, k) for (name, p), k in zip(processes.items(), keys)}
