@@ -38,7 +38,7 @@ from adaptive_diffusion.data import DigitsSource, levels_to_centres
 NUM_LEVELS = 17
 
 
-def trained_model(steps: int) -> train.VPModel:
+def trained_model(steps: int) -> train.DiffusionModel:
     """The digits model after `steps` steps of the shipped config, without its EMA."""
     config = train.Config.from_yaml(train.config_path("digits")).with_overrides(
         [f"steps={steps}", "optimizer.ema_decay=0"]
@@ -94,7 +94,7 @@ class FixedProbes(ad.AbstractTraceEstimator):
 
 def ours(process, score, ys, keys, tol, solver, mode):
     """`ad.ode_log_likelihood`, jitted and vmapped: one adaptive solve per example."""
-    estimator = ad.HutchinsonTrace(mode=mode)
+    estimator = ad.HutchinsonTrace(products=mode)
 
     @jax.jit
     def run(ys, keys):
@@ -115,7 +115,7 @@ def reference(model, ys, probes):
         model64 = jax.tree.map(
             lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model
         )
-        score = ad.score_fn(model64.process, model64.denoiser, model64.parameterization)
+        score = ad.score_fn(model64.process, model64.model(), model64.parameterization)
 
         def solve(y, trace):
             return ad.ode_log_likelihood(
@@ -161,7 +161,7 @@ def main():
 
     model = trained_model(args.train_steps)
     process = model.process
-    score = ad.score_fn(process, model.denoiser, model.parameterization)
+    score = ad.score_fn(process, model.model(), model.parameterization)
     test = DigitsSource("test")
     xs = jnp.asarray(levels_to_centres(test.images[: args.num_examples], NUM_LEVELS))
     n = xs.shape[0]
@@ -176,8 +176,8 @@ def main():
     baseline = score_sde_baseline(process, score, ys, probes)
     methods = {"score_sde (scipy RK45, VJP)": lambda tol: lambda: baseline(tol)}
     for solver in (diffrax.Tsit5(), diffrax.Dopri5()):
-        for mode in ("jvp", "vjp"):
-            name = f"diffrax {type(solver).__name__} vmap, {mode.upper()}"
+        for label, mode in (("JVP", ad.ForwardMode()), ("VJP", ad.ReverseMode())):
+            name = f"diffrax {type(solver).__name__} vmap, {label}"
             methods[name] = lambda tol, solver=solver, mode=mode: ours(
                 process, score, ys, keys, tol, solver, mode
             )

@@ -3,7 +3,7 @@
 A small MuLAN (top-k latent, polynomial schedule network, MLP encoder and denoiser) on
 the 8 x 8 digits (17 levels) is evaluated at initialisation and after a short training
 run (Adam, antithetic times). With its parameters fixed, the batch-mean NELBO
-(`ad.mulan_batch_nelbo`, bits/dim) is drawn over many batches with each time sampler:
+(`ad.batch_nelbo` on `ad.MuLAN`, bits/dim) is drawn over many batches with each time sampler:
 
 - `uniform`: independent t ~ U(0, 1);
 - `antithetic`: VDM's low-discrepancy times (the default);
@@ -52,15 +52,15 @@ def build(key):
     k_enc, k_mulan, k_net = jax.random.split(key, 3)
     encoder = ad.nn.MLPEncoder(shape, latent.num_params, key=k_enc, width=128)
     mulan = ad.MuLAN(shape, key=k_mulan, latent=latent, encoder=encoder)
-    net = ad.nn.MLPDenoiser(
-        mulan.denoiser_input_shape, key=k_net, width=128, depth=2, cond_dim=latent.size
-    )
+    input_shape, cond_dim = mulan.network_shape(shape)
+    net = ad.nn.MLPDenoiser(input_shape, key=k_net, width=128, depth=2, cond_dim=cond_dim)
     return mulan, net
 
 
 def batch_loss(model, xs, key, times):
     mulan, net = model
-    bound = ad.mulan_batch_nelbo(mulan, net, xs, key=key, num_levels=NUM_LEVELS, times=times)
+    model = mulan.denoiser(net)
+    bound = ad.batch_nelbo(mulan, model, xs, key=key, num_levels=NUM_LEVELS, times=times)
     return jnp.mean(bound.total), jnp.mean(bound.diffusion)
 
 

@@ -130,7 +130,7 @@ def run_one(data, model_name, seed, args, workdir):
         "elbo_se": elbo.stderr,
         "elbo_examples": len(elbo.values),
         "elbo_repeats": args.elbo_repeats,
-        "latent": float(jnp.mean(terms.latent)),
+        "latent": float(jnp.mean(terms.auxiliary)),
         "ode": ode.mean,
         "ode_se": ode.stderr,
         "ode_examples": len(ode.values),

@@ -47,8 +47,11 @@ class GaussianMixture(eqx.Module):
         return mean, cov
 
 
-def marginal(process: ad.AbstractProcess, data: GaussianMixture, t) -> GaussianMixture:
-    """The exact marginal `p_t` of the mixture under a linear Gaussian process.
+def marginal(
+    process: ad.AbstractProcess, data: GaussianMixture, t, constant=None
+) -> GaussianMixture:
+    """The exact marginal `p_t` of the mixture under a linear Gaussian process, for the
+    diffused part of the state (given its `constant` part, e.g. MuLAN's latent).
 
     `u_t = A_t u_0 + L_t eps` is read off the process itself by differentiating
     `perturb` (exact, since it is linear), so every component stays Gaussian with mean
@@ -57,7 +60,9 @@ def marginal(process: ad.AbstractProcess, data: GaussianMixture, t) -> GaussianM
     zeros = jnp.zeros(data.shape)
 
     def flat(u0, eps):
-        return process.perturb(u0.reshape(data.shape), t, eps.reshape(data.shape)).reshape(-1)
+        state = process.combine(u0.reshape(data.shape), constant)
+        diffused, _ = process.partition(process.perturb(state, t, eps.reshape(data.shape)))
+        return diffused.reshape(-1)
 
     a = jax.jacfwd(flat, argnums=0)(zeros.reshape(-1), zeros.reshape(-1))
     lin = jax.jacfwd(flat, argnums=1)(zeros.reshape(-1), zeros.reshape(-1))
@@ -67,10 +72,13 @@ def marginal(process: ad.AbstractProcess, data: GaussianMixture, t) -> GaussianM
 
 
 def mixture_score(process: ad.AbstractProcess, data: GaussianMixture):
-    """The exact score `grad log p_t(u)` of the mixture's marginals, as `score(u, t)`."""
+    """The exact score `grad log p_t(u)` of the mixture's marginals, as `score(u, t)`: of
+    the diffused part, given the state's constant part."""
 
     def score(u, t):
-        return marginal(process, data, t).score(u.reshape(-1)).reshape(u.shape)
+        diffused, constant = process.partition(u)
+        mixture = marginal(process, data, t, constant)
+        return mixture.score(diffused.reshape(-1)).reshape(diffused.shape)
 
     return score
 

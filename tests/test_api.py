@@ -30,13 +30,15 @@ def test_design_contract_calls():
         assert p.prior_log_prob(p.prior_sample(key, x.shape)).shape == ()
         bound = ad.nelbo(p, model, x, key=key, num_levels=256)
         assert isinstance(bound, ad.NELBO)
-        total, diffusion, prior, reconstruction = (
+        total, diffusion, prior, reconstruction, auxiliary = (
             bound.total,
             bound.diffusion,
             bound.prior,
             bound.reconstruction,
+            bound.auxiliary,
         )
-        assert jnp.allclose(total, diffusion + prior + reconstruction)
+        assert jnp.allclose(total, diffusion + prior + reconstruction + auxiliary)
+        assert auxiliary == 0.0  # the state is the data
         assert ad.dense_vlb(p, model, x, key=key, num_steps=10, num_levels=256).total.shape == ()
         score = ad.score_fn(p, model, parameterization="eps")
         result = ad.ode_log_likelihood(
@@ -90,9 +92,15 @@ def test_design_contract_mulan():
         u_t, eps = process.sample_marginal(key, x, 0.3)
         zeros = lambda x_t, t: jnp.zeros_like(x_t)  # noqa: E731
         bound = ad.nelbo(process, zeros, x, key=key, num_levels=256)
-        return z, process, u_t, eps, mulan.prior.sample(key), bound
+        # MuLAN is itself a process: its bound adds the latent's KL as `auxiliary`.
+        full = ad.nelbo(mulan, mulan.denoiser(lambda h, t, cond: h), x, key=key, num_levels=256)
+        return z, process, u_t, eps, mulan.prior.sample(key), bound, full
 
-    z, process, u_t, eps, z_prior, bound = calls(mulan, x)
+    z, process, u_t, eps, z_prior, bound, full = calls(mulan, x)
+    assert isinstance(mulan, ad.AbstractProcess)
+    assert full.auxiliary > 0
+    terms = full.diffusion + full.prior + full.reconstruction + full.auxiliary
+    assert jnp.allclose(full.total, terms)
     assert isinstance(process, ad.DiagonalVP) and isinstance(process, ad.AbstractProcess)
     assert process.schedule(0.5).shape == data_shape  # one gamma per dimension
     assert z_prior.shape == z.shape

@@ -172,7 +172,7 @@ DATA_SCALE = 0.3
 
 def _gaussian_denoiser(process):
     def model(x_t, t):
-        alpha, sigma = process.alpha_sigma(t, x_t)
+        alpha, sigma = process.scales(x_t, t)
         shrink = sigma / (alpha**2 * DATA_SCALE**2 + sigma**2)
         return shrink * process.covariance.inv_sqrt_apply(x_t)
 

@@ -6,6 +6,7 @@ by the tests); each test runs its computation inside one `jit`.
 
 import math
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from .helpers import marginal, mixture_score, random_mixture
 
 
 NUM_LEVELS = 4
+PID_1E3 = diffrax.PIDController(rtol=1e-3, atol=1e-3)
 
 
 def _discrete_data():
@@ -40,7 +42,7 @@ def _optimal_net(mulan, points, log_probs):
 
     def net(h, t, z):
         u = h[:2]
-        alpha, sigma = mulan.condition(z).alpha_sigma(t, u)
+        alpha, sigma = mulan.condition(z).scales(u, t)
         scaled = (u[None] - alpha[None] * points) / sigma[None]
         logits = log_probs - 0.5 * jnp.sum(scaled**2, axis=-1)
         x0 = jax.nn.softmax(logits) @ points
@@ -288,22 +290,16 @@ def test_mulan_reduces_to_vdm_exactly(getkey):
     def both(mulan, key, num_steps):
         kwargs = dict(key=key, num_levels=17, num_steps=num_steps)
         vdm = ad.batch_nelbo(ad.VP(linear), model, xs, **kwargs)
-        ours = ad.mulan_batch_nelbo(mulan, net, xs, **kwargs)
-        if num_steps is not None:
-            return vdm, ours, None
-        # The dense bound: the mean of one example's bounds at VDM's stratified times.
-        copies = jnp.broadcast_to(xs[0], xs.shape)
-        dense = ad.mulan_dense_vlb(mulan, net, xs[0], key=key, num_times=8, num_levels=17)
-        vdm_dense = ad.batch_nelbo(ad.VP(linear), model, copies, key=key, num_levels=17)
-        return vdm, ours, (dense.total, jnp.mean(vdm_dense.total))
+        ours = ad.batch_nelbo(mulan, mulan.denoiser(net), xs, **kwargs)
+        dense = ad.dense_vlb(mulan, mulan.denoiser(net), xs[0], key=key, num_steps=8, num_levels=17)
+        vdm_dense = ad.dense_vlb(ad.VP(linear), model, xs[0], key=key, num_steps=8, num_levels=17)
+        return (vdm, ours), (vdm_dense, dense)
 
     for num_steps in (None, 10):
-        vdm, ours, dense = both(mulan, getkey(), num_steps)
-        for field in ("total", "diffusion", "prior", "reconstruction"):
-            np.testing.assert_array_equal(getattr(ours, field), getattr(vdm, field))
-        assert jnp.all(ours.latent == 0.0)
-        if dense is not None:
-            np.testing.assert_allclose(*dense, rtol=1e-6)
+        for vdm, ours in both(mulan, getkey(), num_steps):
+            for field in ("total", "diffusion", "prior", "reconstruction", "auxiliary"):
+                np.testing.assert_array_equal(getattr(ours, field), getattr(vdm, field))
+            assert jnp.all(ours.auxiliary == 0.0)
 
 
 def test_velocity_is_the_same_loss(getkey):
@@ -318,7 +314,7 @@ def test_velocity_is_the_same_loss(getkey):
         eps, v_hat, eps_hat = jax.random.normal(k_noise, (3, *shape))
         t = 0.37
         u = process.perturb(x, t, eps)
-        gamma, dgamma = process.gamma_and_derivative(t, x)
+        gamma, dgamma = process.gamma_and_rate(x, t)
         alpha, sigma = ad.alpha_sigma(gamma)
         # Suppl. 11.1.2: 0.5 sum (1 - sigma^2) gamma' (v - v_hat)^2, v = alpha eps - sigma x,
         # is the eps-loss of the velocity prediction.
@@ -330,7 +326,7 @@ def test_velocity_is_the_same_loss(getkey):
             ad.EpsilonAsVelocity().to_score(process, eps_hat, u, t),
             ad.EpsilonPrediction().to_score(process, eps_hat, u, t),
         )
-        return (process.diffusion_loss(t, eps, from_v), velocity), (through_v, eps_hat), scores
+        return (process.diffusion_loss(x, t, eps, from_v), velocity), (through_v, eps_hat), scores
 
     for a, b in losses(mulan, getkey()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -367,7 +363,7 @@ def test_arc_length_times_are_unbiased(getkey):
         process = mulan.condition(mulan.prior.sample(key))
 
         def integrand(t):  # like the diffusion loss: sum_i gamma_i'(t) f_i(t)
-            _, dgamma = process.gamma_and_derivative(t, x)
+            _, dgamma = process.gamma_and_rate(x, t)
             return jnp.sum(dgamma * (1.0 + jnp.sin(7 * t + jnp.arange(16).reshape(shape))))
 
         fine = jnp.linspace(0.0, 1.0, 20_001)
@@ -382,7 +378,8 @@ def test_arc_length_times_are_unbiased(getkey):
     # stratified u, the mean is a midpoint rule for the integral over u.
     np.testing.assert_allclose(estimate, exact, rtol=1e-3)
     with pytest.raises(ValueError, match="continuous-time"):
-        ad.mulan_nelbo(mulan, lambda h, t, c: h[:1], x, key=getkey(), num_steps=10, times=sampler)
+        model = mulan.denoiser(lambda h, t, c: h[:1])
+        ad.nelbo(mulan, model, x + 1 / 256, key=getkey(), num_steps=10, times=sampler)
 
 
 def test_bound_holds_for_the_optimal_denoiser(getkey):
@@ -396,13 +393,18 @@ def test_bound_holds_for_the_optimal_denoiser(getkey):
         k_z, k_points = jax.random.split(key)
         net = _optimal_net(mulan, points, log_probs)
         z = mulan.prior.sample(k_z)
-        process, model = mulan.condition(z), mulan.denoiser(net, z)
+        process = mulan.condition(z)
+
+        def model(u, t):  # the network for the fixed latent z
+            return mulan.denoiser(net)(ad.LatentState(u, z), t)
 
         def per_point(x, key):
             xs = jnp.broadcast_to(x, (num, 2))
             key_fixed, key_full = jax.random.split(key)
             fixed = ad.batch_nelbo(process, model, xs, key=key_fixed, num_levels=NUM_LEVELS)
-            full = ad.mulan_batch_nelbo(mulan, net, xs, key=key_full, num_levels=NUM_LEVELS)
+            full = ad.batch_nelbo(
+                mulan, mulan.denoiser(net), xs, key=key_full, num_levels=NUM_LEVELS
+            )
             return fixed.total, full, mulan.latent.kl(mulan.posterior_params(x))
 
         return jax.vmap(per_point)(points, jax.random.split(k_points, points.shape[0]))
@@ -422,9 +424,9 @@ def test_bound_holds_for_the_optimal_denoiser(getkey):
     # MuLAN's bound over z ~ q(z | x): above H(P) by the latent KL (p(x | z) = P(x) here).
     bound, stderr = mean_and_stderr(full.total)
     kl_bpd = kl / (2 * math.log(2))
-    np.testing.assert_allclose(full.latent, jnp.broadcast_to(kl_bpd[:, None], (16, num)), 1e-6)
+    np.testing.assert_allclose(full.auxiliary, jnp.broadcast_to(kl_bpd[:, None], (16, num)), 1e-6)
     np.testing.assert_allclose(
-        full.total, full.diffusion + full.prior + full.reconstruction + full.latent, rtol=1e-5
+        full.total, full.diffusion + full.prior + full.reconstruction + full.auxiliary, rtol=1e-5
     )
     assert entropy - 4 * stderr <= bound < entropy + weights @ kl_bpd + 0.01 + 4 * stderr
 
@@ -442,8 +444,16 @@ def test_importance_weighted_ode_bound(getkey):
         net = _optimal_net(mulan, points, log_probs)
 
         def bound(x, key):
-            return ad.mulan_ode_bits_per_dim(
-                mulan, net, x, key=key, num_levels=NUM_LEVELS, num_samples=2, trace="exact"
+            return ad.ode_bits_per_dim(
+                mulan,
+                ad.score_fn(mulan, mulan.denoiser(net)),
+                x,
+                key=key,
+                num_levels=NUM_LEVELS,
+                dequantization=ad.TruncatedNormalDequantization(),
+                num_samples=2,
+                importance_weighted=True,
+                likelihood=ad.ODELikelihood(trace=ad.ExactTrace()),
             )
 
         return jax.vmap(bound)(points[chosen], jax.random.split(key, 2))
@@ -459,7 +469,7 @@ def test_importance_weighted_ode_bound(getkey):
     [
         (ad.sample_ancestral, dict(num_steps=50)),
         (ad.sample_ddim, dict(num_steps=50)),
-        (ad.sample_ode, dict(rtol=1e-3, atol=1e-3)),
+        (ad.sample_ode, dict(solve=ad.ODESolve(stepsize_controller=PID_1E3))),
         (ad.sample_sde, dict(num_steps=50)),
     ],
 )
@@ -473,7 +483,8 @@ def test_samples_follow_the_data(sampler, kwargs, getkey):
         net = _optimal_net(mulan, points, log_probs)
 
         def one(key):
-            return ad.mulan_sample(mulan, net, key, sampler, num_levels=NUM_LEVELS, **kwargs)
+            score = ad.score_fn(mulan, mulan.denoiser(net))
+            return mulan.decode(sampler(mulan, score, key, (2,), **kwargs), NUM_LEVELS)
 
         return jax.vmap(one)(jax.random.split(key, 16))
 
@@ -485,3 +496,98 @@ def test_samples_follow_the_data(sampler, kwargs, getkey):
     sd = jnp.sqrt(weights @ (grid - mean[None]) ** 2)
     # The sample mean of 16 draws from P: within 4 standard errors of P's mean.
     assert jnp.all(jnp.abs(jnp.mean(levels, axis=0) - mean) < 4 * sd / 4)
+
+
+# `mulan_nelbo` / `mulan_batch_nelbo` at commit bc9e089, before MuLAN became a process, on
+# the draws below (scripts/record: the same model, network, data and keys).
+RECORDED = {
+    # latent: (totals of batch_nelbo, continuous; totals with num_steps=10; one example at
+    # uniform=0.3; the same with ArcLengthTimes)
+    "gaussian": (
+        [15.805971145629883, 22.88304328918457, 11.22110366821289, 20.173416137695312],
+        [43.26728057861328, 63.919193267822266, 50.07052230834961, 66.3499526977539],
+        10.376480102539062,
+        10.18584156036377,
+    ),
+    "categorical": (
+        [20.194889068603516, 19.844030380249023, 20.301837921142578, 19.345317840576172],
+        [55.22975158691406, 56.74595260620117, 71.74940490722656, 60.24153518676758],
+        9.527776718139648,
+        9.467967987060547,
+    ),
+    "topk": (
+        [28.719701766967773, 30.549476623535156, 31.4915828704834, 36.96865463256836],
+        [75.22053527832031, 81.69718170166016, 96.24447631835938, 106.79254150390625],
+        17.237071990966797,
+        17.140531539916992,
+    ),
+}
+# The Gaussian latent with gamma in [-4, 6], where every term is far from zero.
+RECORDED_TERMS = {
+    None: {
+        "total": [10.857293128967285, 14.967150688171387, 7.664224624633789, 12.643248558044434],
+        "diffusion": [8.73875904083252, 12.644618034362793, 5.497969150543213, 10.82191562652588],
+        "prior": [3.98740376e-4, 2.73763610e-4, 4.85144148e-4, 6.28636160e-4],
+        "reconstruction": [2.10760379, 2.30835342, 2.15410161, 1.80670082],
+        "auxiliary": [0.0105315996, 0.0139047056, 0.0116685983, 0.0140029779],
+    },
+    10: {
+        "total": [17.270692825317383, 23.85685157775879, 13.183318138122559, 21.755643844604492],
+        "diffusion": [15.152158737182617, 21.534320831298828, 11.017064094543457, 19.93430900573],
+    },
+}
+
+
+def test_bound_equals_the_recorded_numbers():
+    shape = (1, 4, 4)
+    weights = jax.random.normal(jax.random.key(1), (16, 32)) / 6
+
+    def net(h, t, cond):
+        c = 0.0 if cond is None else jnp.sum(cond * jnp.arange(cond.size)) / cond.size
+        out = jnp.tanh(weights @ h.reshape(-1) + t + c)
+        return jnp.concatenate([out, out]).reshape(2, 4, 4)
+
+    xs = ad.from_levels(jax.random.randint(jax.random.key(2), (4, *shape), 0, 17), 17)
+    latents = {
+        "gaussian": ad.GaussianLatent(size=3),
+        "categorical": ad.CategoricalLatent(size=4),
+        "topk": ad.TopKLatent(),
+    }
+
+    @eqx.filter_jit
+    def bounds(mulan):
+        model = mulan.denoiser(net)
+        batch = [
+            ad.batch_nelbo(mulan, model, xs, key=jax.random.key(4), num_levels=17, num_steps=n)
+            for n in (None, 10)
+        ]
+        single = [
+            ad.nelbo(
+                mulan, model, xs[0], key=jax.random.key(5), num_levels=17, uniform=0.3, times=s
+            ).total
+            for s in (ad.UniformTimes(), ad.ArcLengthTimes())
+        ]
+        return batch, single
+
+    # The same draws and operations in float32; the prior KL is now written with expm1 and
+    # the terms are summed after conversion to bits, which moves them by < 1e-6 relative.
+    rtol = 2e-6
+
+    def small(latent, **kwargs):
+        key = jax.random.key(3)
+        encoder = ad.nn.MLPEncoder(shape, latent.num_params, key=key, width=8, depth=1)
+        return ad.MuLAN(shape, key=key, latent=latent, encoder=encoder, **kwargs)
+
+    for name, latent in latents.items():
+        mulan = small(latent)
+        (continuous, discrete), single = bounds(mulan)
+        np.testing.assert_allclose(continuous.total, RECORDED[name][0], rtol=rtol, err_msg=name)
+        np.testing.assert_allclose(discrete.total, RECORDED[name][1], rtol=rtol, err_msg=name)
+        np.testing.assert_allclose(single, RECORDED[name][2:], rtol=rtol, err_msg=name)
+    mulan = small(ad.GaussianLatent(size=3), gamma_min=-4.0, gamma_max=6.0)
+    (continuous, discrete), _ = bounds(mulan)
+    for num_steps, bound in ((None, continuous), (10, discrete)):
+        for field, expected in RECORDED_TERMS[num_steps].items():
+            np.testing.assert_allclose(
+                getattr(bound, field), expected, rtol=rtol, atol=1e-9, err_msg=field
+            )

@@ -16,11 +16,18 @@ class RampSchedule(ad.AbstractSchedule):
         return -12.0 + slopes * jnp.asarray(t) + 0.5 * jnp.sin(3 * jnp.asarray(t))
 
 
+GFF = ad.GFFCovariance((1, 2, 3))
 PROCESSES = {
     "VP-linear": (ad.VP(ad.LinearSchedule()), (2, 3)),
     "VP-cosine": (ad.VP(ad.CosineSchedule()), (2, 3)),
     "VP-learned": (ad.VP(ad.LearnedSchedule(key=jax.random.key(1))), (2, 3)),
     "DiagonalVP": (ad.DiagonalVP(RampSchedule()), (2, 3)),
+    "NonIsotropicVP": (ad.NonIsotropicVP(ad.LinearSchedule(), GFF), (1, 2, 3)),
+    # SMLD's geometric sigma_t from 0.01 to 20.
+    "NonIsotropicVE": (
+        ad.NonIsotropicVE(ad.LinearSchedule(2 * np.log(0.01), 2 * np.log(20.0)), GFF),
+        (1, 2, 3),
+    ),
 }
 
 
@@ -35,8 +42,9 @@ def _dense(process, shape, t):
     a = jax.jacfwd(flat(lambda u: process.perturb(u, t, jnp.zeros(shape))))(zeros)
     lin = jax.jacfwd(flat(lambda e: process.perturb(jnp.zeros(shape), t, e)))(zeros)
     f = jax.jacfwd(flat(lambda u: process.drift(u, t)))(zeros)
-    gg = jax.jacfwd(flat(lambda v: process.diffusion_covariance(t, v)))(zeros)
-    g = jax.jacfwd(flat(lambda w: process.diffusion(t, w)))(zeros)
+    u = jnp.zeros(shape)
+    gg = jax.jacfwd(flat(lambda v: process.diffusion_covariance(u, t, v)))(zeros)
+    g = jax.jacfwd(flat(lambda w: process.diffusion(u, t, w)))(zeros)
     return a, lin @ lin.T, f, gg, g
 
 
@@ -78,11 +86,12 @@ def test_parameterizations_agree(name, getkey):
     u0 = jax.random.uniform(getkey(), shape, minval=-1, maxval=1)
     t = 0.41
     ut, eps = process.sample_marginal(getkey(), u0, t)
-    alpha, sigma = process.alpha_sigma(t, u0)
+    # The velocity of the unit-variance white coordinates alpha y_0 + sigma eps.
+    alpha, sigma = ad.alpha_sigma(process.gamma(u0, t))
     outputs = {
         "eps": eps,
         "x": u0,
-        "v": alpha * eps - sigma * u0,
+        "v": alpha * eps - sigma * process.covariance.inv_sqrt_apply(u0),
         "score": process.score_from_eps(ut, t, eps),
     }
     for name_, output in outputs.items():
@@ -99,17 +108,29 @@ def test_prior(name, getkey):
     process, shape = PROCESSES[name]
     u = process.prior_sample(getkey(), shape)
     assert u.shape == shape
-    expected = jax.scipy.stats.norm.logpdf(u).sum()
-    np.testing.assert_allclose(process.prior_log_prob(u), expected, rtol=1e-6)
+    # N(0, p^2 Sigma): p = 1 for VP, sigma_1 for VE.
+    variance = jnp.exp(process.log_prior_variance(process.gamma(u, 1.0)))
+    variance = jnp.broadcast_to(variance, shape)
+    root = process.covariance.sqrt_apply
+
+    def column(e):
+        return root(variance * root(e)).reshape(-1)
+
+    cov = jax.vmap(column)(jnp.eye(u.size).reshape(-1, *shape))
+    expected = jax.scipy.stats.multivariate_normal.logpdf(u.reshape(-1), jnp.zeros(u.size), cov)
+    np.testing.assert_allclose(process.prior_log_prob(u), expected, rtol=1e-5)
 
 
 def test_prior_kl_closed_form(getkey):
     # KL(N(alpha x, sigma^2) || N(0, 1)) per dimension, against the textbook formula.
     process = ad.VP(ad.LinearSchedule())
     x = jax.random.uniform(getkey(), (5,), minval=-1, maxval=1)
-    alpha, sigma = process.alpha_sigma(1.0, x)
+    alpha, sigma = process.scales(x, 1.0)
     expected = jnp.sum(0.5 * (sigma**2 + alpha**2 * x**2 - 1.0) - jnp.log(sigma))
     np.testing.assert_allclose(process.prior_kl(x), expected, rtol=1e-4, atol=1e-7)
+    # VE: KL(N(x, sigma_1^2) || N(0, sigma_1^2)) = |x|^2 / (2 sigma_1^2).
+    ve = ad.NonIsotropicVE(ad.LinearSchedule(-9.0, 4.0), ad.IdentityCovariance())
+    np.testing.assert_allclose(ve.prior_kl(x), jnp.sum(x**2) / (2 * np.exp(4.0)), rtol=1e-5)
 
 
 def test_marginal_samples_match_the_mixture_marginal(getkey):
@@ -141,4 +162,4 @@ def test_marginal_log_prob_is_the_gaussian_density(name, getkey):
     _, p, *_ = _dense(process, shape, t)
     mean = process.perturb(u0, t, jnp.zeros(shape)).reshape(-1)
     expected = jax.scipy.stats.multivariate_normal.logpdf(ut.reshape(-1), mean, p)
-    np.testing.assert_allclose(process.marginal_log_prob(t, eps), expected, rtol=1e-4)
+    np.testing.assert_allclose(process.marginal_log_prob(ut, t, eps), expected, rtol=1e-4)

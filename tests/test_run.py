@@ -310,7 +310,7 @@ def test_build_model_nonisotropic_and_errors():
         ["process.kind=nonisotropic", "process.power=1.5"]
     )
     model = train.build_model(config, (1, 8, 8), 17, key=jax.random.key(0))
-    assert isinstance(model, train.VPModel)
+    assert isinstance(model, train.DiffusionModel)
     assert isinstance(model.process, ad.NonIsotropicVP)
     assert isinstance(model.process.covariance, ad.GFFCovariance)
     assert model.process.covariance.power == 1.5
@@ -345,15 +345,15 @@ def test_build_model_mulan_options_and_errors():
         )
 
     model = build("process.schedule=polynomial", "process.encoder=mlp")
-    assert isinstance(model, train.MuLANModel)
-    assert isinstance(model.mulan.latent, ad.TopKLatent)
-    assert isinstance(model.mulan.schedule, ad.PolynomialScheduleNetwork)
-    assert isinstance(model.mulan.encoder, ad.nn.MLPEncoder)
+    assert isinstance(model, train.DiffusionModel) and isinstance(model.process, ad.MuLAN)
+    assert isinstance(model.process.latent, ad.TopKLatent)
+    assert isinstance(model.process.schedule, ad.PolynomialScheduleNetwork)
+    assert isinstance(model.process.encoder, ad.nn.MLPEncoder)
     bound = eqx.filter_jit(lambda m, xs, k: m.nelbo(xs, key=k))(model, xs, jax.random.key(1))
     assert bound.total.shape == (8,) and np.all(np.isfinite(bound.total))
     # The top-k latent's term is log C(50, 15) nats (see TopKLatent) per image of 64 pixels.
     log_binomial = math.lgamma(51) - math.lgamma(16) - math.lgamma(36)
-    np.testing.assert_allclose(bound.latent, log_binomial / (64 * math.log(2.0)), rtol=1e-5)
+    np.testing.assert_allclose(bound.auxiliary, log_binomial / (64 * math.log(2.0)), rtol=1e-5)
     # One schedule per test image, each from gamma_min to gamma_max in every pixel; the
     # latent of each image gives it its own schedule.
     ts = jnp.linspace(0.0, 1.0, 5)
@@ -366,16 +366,20 @@ def test_build_model_mulan_options_and_errors():
     assert gamma_curves(model, jax.random.key(2), None).shape == (4, 5, 64)
 
     model = build("process.schedule=learned", "process.latent=gaussian", "process.latent_size=8")
-    assert isinstance(model.mulan.schedule, ad.MonotoneScheduleNetwork)
-    assert isinstance(model.mulan.latent, ad.GaussianLatent) and model.mulan.latent.size == 8
-    assert isinstance(model.mulan.encoder, ad.nn.ConvEncoder)
+    assert isinstance(model.process.schedule, ad.MonotoneScheduleNetwork)
+    assert isinstance(model.process.latent, ad.GaussianLatent)
+    assert model.process.latent.size == 8
+    assert isinstance(model.process.encoder, ad.nn.ConvEncoder)
     model = build("process.latent=none", "process.schedule=linear")
-    assert model.mulan.encoder is None
-    assert isinstance(model.mulan.schedule, ad.FixedLatentSchedule)
+    assert model.process.encoder is None
+    assert isinstance(model.process.schedule, ad.FixedLatentSchedule)
     assert gamma_curves(model, jax.random.key(2), xs[:3]).shape == (3, 5, 64)
 
     for wrong, match in [
-        (["process.kind=vp", "process.schedule=polynomial"], "kind=mulan"),
+        (["process.kind=vp", "process.schedule=polynomial"], "not a schedule of kind=vp"),
+        (["process.kind=ddpm"], "Unknown process.kind 'ddpm'; the kinds are: vp, "),
+        (["process.latent=uniform"], "Unknown process.latent 'uniform'"),
+        (["process.kind=nonisotropic", "process.latent_size=3"], "kind=mulan only"),
         (["process.kind=vp", "process.latent=gaussian"], "kind=mulan only"),
         (["process.kind=vp", "process.encoder=mlp"], "kind=mulan only"),
         (["process.latent=none", "process.latent_size=4"], "latent=none"),
@@ -384,10 +388,10 @@ def test_build_model_mulan_options_and_errors():
             build(*wrong)
 
 
-def test_mulan_model_without_latent_is_the_vp_model():
-    # MuLANModel with the latent off and VDM's linear schedule, around a network that reads
-    # only the noisy image, gives VPModel's bound bit for bit: the batch's times, keys and
-    # terms are plumbed alike.
+def test_mulan_without_latent_is_the_vp_model():
+    # MuLAN with the latent off and VDM's linear schedule, around a network that reads only
+    # the noisy image, gives VP's bound bit for bit through the one model class: the
+    # batch's times, keys and terms are plumbed alike.
     import adaptive_diffusion as ad
 
     shape = (1, 8, 8)
@@ -395,27 +399,27 @@ def test_mulan_model_without_latent_is_the_vp_model():
     net = eqx.tree_at(lambda n: n.out.weight, net, jax.random.normal(jax.random.key(1), (64, 32)))
     schedule = ad.LinearSchedule(-13.3, 5.0)
     common = dict(parameterization=ad.EpsilonPrediction(), data_shape=shape, num_levels=17)
-    vp = train.VPModel(process=ad.VP(schedule), denoiser=net, **common)
+    vp = train.DiffusionModel(process=ad.VP(schedule), denoiser=net, **common)
     mulan = ad.MuLAN(
         shape,
         key=jax.random.key(2),
         latent=ad.NoLatent(),
         schedule=ad.FixedLatentSchedule(schedule),
     )
-    model = train.MuLANModel(
-        mulan=mulan, denoiser=lambda h, t, cond=None, key=None: net(h[:1], t), **common
+    model = train.DiffusionModel(
+        process=mulan, denoiser=lambda h, t, cond=None, key=None: net(h[:1], t), **common
     )
     xs = jnp.asarray(_digits_batch(8))
     key = jax.random.key(3)
     expected, got = vp.nelbo(xs, key=key), model.nelbo(xs, key=key)
-    for field in ("total", "diffusion", "prior", "reconstruction"):
+    for field in ("total", "diffusion", "prior", "reconstruction", "auxiliary"):
         np.testing.assert_array_equal(getattr(got, field), getattr(expected, field))
-    np.testing.assert_array_equal(got.latent, 0.0)
+    np.testing.assert_array_equal(got.auxiliary, 0.0)
 
 
-def test_mulan_dense_vlb_visits_every_step_once():
-    # MuLANModel.dense_vlb is mulan_dense_vlb with num_times = num_steps = T: antithetic
-    # times rounded up to the grid i/T cover each of the T steps exactly once.
+def test_antithetic_times_visit_every_step_once():
+    # A batch of T examples of the T-step bound: antithetic times rounded up to the grid
+    # i/T cover each of the T steps exactly once.
     import adaptive_diffusion as ad
 
     for steps in (7, 16, 1000):

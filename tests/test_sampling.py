@@ -10,9 +10,11 @@ from .helpers import marginal, mixture_score, random_mixture
 
 NUM_SAMPLES = 4000
 
+ADAPTIVE = ad.ODESolve(stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-4))
+FIXED = ad.ODESolve(stepsize_controller=diffrax.ConstantStepSize(), dt0=0.01)
 SAMPLERS = {
-    "ode-adaptive": lambda p, s, k: ad.sample_ode(p, s, k, (2,), rtol=1e-4, atol=1e-4),
-    "ode-fixed": lambda p, s, k: ad.sample_ode(p, s, k, (2,), num_steps=100),
+    "ode-adaptive": lambda p, s, k: ad.sample_ode(p, s, k, (2,), solve=ADAPTIVE),
+    "ode-fixed": lambda p, s, k: ad.sample_ode(p, s, k, (2,), solve=FIXED),
     "sde-euler": lambda p, s, k: ad.sample_sde(p, s, k, (2,), num_steps=500),
     "sde-shark": lambda p, s, k: ad.sample_sde(
         p, s, k, (2,), solver=diffrax.ShARK(), num_steps=100
@@ -56,25 +58,8 @@ def test_wrong_score_is_detected(problem, getkey):
     def shrunk(u, t):
         return 1.5 * score(u, t)
 
-    samples = jax.jit(
-        jax.vmap(lambda k: ad.sample_ode(process, shrunk, k, (2,), rtol=1e-4, atol=1e-4))
-    )(jax.random.split(getkey(), NUM_SAMPLES))
+    samples = jax.jit(jax.vmap(lambda k: ad.sample_ode(process, shrunk, k, (2,), solve=ADAPTIVE)))(
+        jax.random.split(getkey(), NUM_SAMPLES)
+    )
     _, cov = marginal(process, data, 0.0).mean_and_cov()
     assert jnp.max(jnp.abs(jnp.cov(samples.T) - cov)) > 0.02
-
-
-def test_vp_samplers_refuse_other_processes(getkey):
-    class NotVP(ad.AbstractProcess):
-        def perturb(self, u0, t, eps):
-            return u0 + eps
-
-        drift = diffusion_scale = perturb
-        noise_apply = lambda self, w: w  # noqa: E731
-        score_from_eps = eps_from_score = perturb
-        prior_log_prob = prior_kl = lambda self, u: jnp.sum(u)
-        prior_sample = lambda self, key, shape: jnp.zeros(shape)  # noqa: E731
-        initial_state = decoder_nll = log_det_scale = None
-        diffusion_loss = diffusion_loss_discrete = None
-
-    with pytest.raises(TypeError, match="VP-type"):
-        ad.sample_ancestral(NotVP(), lambda u, t: u, getkey(), (2,))

@@ -1,14 +1,21 @@
-from ._base import AbstractProcess as AbstractProcess
+from ._base import (
+    AbstractDataStateProcess as AbstractDataStateProcess,
+    AbstractLinearGaussianProcess as AbstractLinearGaussianProcess,
+    AbstractProcess as AbstractProcess,
+    AbstractSDEProcess as AbstractSDEProcess,
+    InitialState as InitialState,
+    require_capability as require_capability,
+)
 from ._mulan import (
     LatentDenoiser as LatentDenoiser,
     LatentPrior as LatentPrior,
+    LatentState as LatentState,
     MuLAN as MuLAN,
 )
-from ._nonisotropic import NonIsotropicVP as NonIsotropicVP
-from ._ve import NonIsotropicVE as NonIsotropicVE
+from ._nonisotropic import NonIsotropicVE as NonIsotropicVE, NonIsotropicVP as NonIsotropicVP
 from ._vp import (
     VP as VP,
+    AbstractScaledGaussianProcess as AbstractScaledGaussianProcess,
     AbstractVPProcess as AbstractVPProcess,
     DiagonalVP as DiagonalVP,
-    require_vp as require_vp,
 )

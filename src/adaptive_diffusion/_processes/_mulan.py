@@ -11,17 +11,23 @@ with $-\log p(x \mid z)$ bounded by the diffusion NELBO of `condition(z)` (VDM's
 now per dimension: $\tfrac12 \sum_i \gamma_i'(z, t)(\varepsilon_i - \hat\varepsilon_i)^2$)
 or computed by the probability-flow ODE.
 
+`MuLAN` is a process like any other: its state is `LatentState(x, z)`, the data (the
+diffused part) and the latent, constant in time. `initial_state` draws
+$z \sim q(z \mid x)$ and charges $\log q(z \mid x) - \log p(z)$ (its closed-form KL where
+the family has one) as the bound's `auxiliary` term; every other method is that of
+`condition(z)` on the data part; the prior draws $z \sim p(z)$. So `ad.nelbo`,
+`ad.batch_nelbo`, `ad.dense_vlb`, `ad.ode_log_likelihood`, `ad.ode_bits_per_dim` (the
+importance-weighted bound over joint draws of $z$ and the dequantisation) and every
+sampler take it unchanged.
+
 `MuLAN` holds the encoder, the latent family (`adaptive_diffusion.GaussianLatent`,
 `CategoricalLatent`, `TopKLatent`, or `NoLatent`) and the schedule family
 (`PolynomialScheduleNetwork`, `MonotoneScheduleNetwork`, or `FixedLatentSchedule`). The
-denoising network is separate, as for every other process: a network `net(h, t, cond)`
-built for `mulan.denoiser_input_shape` with `cond_dim = mulan.latent.size` (e.g.
-`nn.UNet(mulan.denoiser_input_shape, cond_dim=mulan.latent.size, key=...)`), wrapped for
-one latent by `mulan.denoiser(net, z)` into the `model(u_t, t)` that the core's bound,
-likelihood and samplers take. The entry points for training and evaluation are
-`mulan_nelbo` / `mulan_batch_nelbo` (bound), `mulan_dense_vlb` and
-`mulan_ode_bits_per_dim` (evaluation), and `mulan_sample` (sampling), in the modules
-of their kind.
+denoising network is separate, as for every other process: an array network
+`net(h, t, cond)` built for `network_shape(data_shape)` (the data with its channels
+doubled, conditioned on `latent.size` numbers), e.g.
+`nn.UNet(*mulan.network_shape(x.shape), key=...)` with the second item as `cond_dim`,
+turned by `mulan.denoiser(net)` into the `model(u_t, t)` the core takes.
 """
 
 from collections.abc import Callable
@@ -29,13 +35,24 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._custom_types import Data, Time
+from .._custom_types import Data, Gamma, Time
 from .._latents import AbstractLatent, TopKLatent
 from .._schedules import AbstractLatentSchedule, PolynomialScheduleNetwork
 from ..nn import ConvEncoder, MLPEncoder
+from ._base import AbstractSDEProcess, InitialState
 from ._vp import DiagonalVP
+
+
+Latent = Float[Array, " latent"]
+
+
+class LatentState(eqx.Module):
+    r"""MuLAN's state: the data part `x` (diffused) and the latent `z` (constant in time)."""
+
+    x: Data
+    z: Latent
 
 
 class LatentPrior(eqx.Module):
@@ -43,41 +60,39 @@ class LatentPrior(eqx.Module):
 
     latent: AbstractLatent
 
-    def sample(self, key: PRNGKeyArray) -> Float[Array, " latent"]:
+    def sample(self, key: PRNGKeyArray) -> Latent:
         """A draw $z \\sim p(z)$."""
         return self.latent.prior_sample(key)
 
-    def log_prob(self, z: Float[Array, " latent"]) -> Float[Array, ""]:
+    def log_prob(self, z: Latent) -> Float[Array, ""]:
         """$\\log p(z)$ in nats."""
         return self.latent.prior_log_prob(z)
 
 
 class LatentDenoiser(eqx.Module):
-    r"""A network conditioned on one latent, as the core's `model(u_t, t)`.
+    r"""An array network as MuLAN's `model(u_t, t)`, for `u_t = LatentState(x_t, z)`.
 
-    `model(u, t) = net(concat([u, g]), t, z)[:C]`, where the input gains one channel per
+    `model(u, t) = net(concat([x_t, g]), t, z)[:C]`, where the input gains one channel per
     data channel holding $g = (\gamma(z, t) - \gamma_{\min}) / (\gamma_{\max} -
     \gamma_{\min}) \in [0, 1]$, the per-dimension log-SNR rescaled as the reference rescales
     it, concatenated along the leading (channel) axis; $z$ goes in as the conditioning
     vector (`cond`, omitted when $z$ is empty); the output keeps the first `C` channels
-    (`C = u.shape[0]`). Built by `MuLAN.denoiser`.
+    (`C = x_t.shape[0]`). Built by `MuLAN.denoiser`.
     """
 
     net: Callable[..., Data]
-    process: DiagonalVP
-    z: Float[Array, " latent"]
-    gamma_min: float = eqx.field(static=True)
-    gamma_max: float = eqx.field(static=True)
+    mulan: "MuLAN"
 
-    def __call__(self, u: Data, t: Time) -> Data:
-        gamma = jnp.broadcast_to(self.process.gamma(t, u), u.shape)
-        level = (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min)
-        cond = self.z if self.z.size else None
-        out = self.net(jnp.concatenate([u, level.astype(u.dtype)]), t, cond)
-        return out[: u.shape[0]]
+    def __call__(self, u: LatentState, t: Time) -> Data:
+        mulan = self.mulan
+        gamma = jnp.broadcast_to(mulan.condition(u.z).gamma(u.x, t), u.x.shape)
+        level = (gamma - mulan.gamma_min) / (mulan.gamma_max - mulan.gamma_min)
+        cond = u.z if u.z.size else None
+        out = self.net(jnp.concatenate([u.x, level.astype(u.x.dtype)]), t, cond)
+        return out[: u.x.shape[0]]
 
 
-class MuLAN(eqx.Module):
+class MuLAN(AbstractSDEProcess):
     r"""MuLAN: encoder, latent family and schedule network; a `DiagonalVP` per latent.
 
     **Arguments:**
@@ -147,29 +162,134 @@ class MuLAN(eqx.Module):
         """The prior $p(z)$: `mulan.prior.sample(key)`, `mulan.prior.log_prob(z)`."""
         return LatentPrior(self.latent)
 
-    @property
-    def denoiser_input_shape(self) -> tuple[int, ...]:
-        """The input shape of the network `LatentDenoiser` wraps: the data with its leading
-        (channel) axis doubled, `(2 C, H, W)` or `(2 D,)`."""
-        return (2 * self.data_shape[0], *self.data_shape[1:])
-
     def posterior_params(self, x: Data) -> Float[Array, " params"]:
         r"""The encoder's output for one example: the parameters of $q(z \mid x)$."""
         if self.encoder is None:
             return jnp.zeros((0,), x.dtype)
         return self.encoder(x)
 
-    def encode(self, key: PRNGKeyArray, x: Data) -> Float[Array, " latent"]:
+    def encode(self, key: PRNGKeyArray, x: Data) -> Latent:
         r"""A draw $z \sim q(z \mid x)$ (reparameterised or straight-through)."""
         return self.latent.sample(key, self.posterior_params(x))
 
-    def condition(self, z: Float[Array, " latent"]) -> DiagonalVP:
+    def condition(self, z: Latent) -> DiagonalVP:
         r"""The forward process for latent `z`: a `DiagonalVP` whose `schedule(t)` is
         $\gamma(z, t)$, shaped like the data (or a scalar, for a fixed scalar schedule)."""
         return DiagonalVP(self.schedule(z))
 
-    def denoiser(self, net: Callable[..., Data], z: Float[Array, " latent"]) -> LatentDenoiser:
-        r"""`net(h, t, cond)` conditioned on `z`, as the core's `model(u_t, t)`; see
-        `LatentDenoiser`. `net` is built for `denoiser_input_shape` with
-        `cond_dim = latent.size` (or is any callable of that signature)."""
-        return LatentDenoiser(net, self.condition(z), z, self.gamma_min, self.gamma_max)
+    # The state: data and latent.
+
+    @property
+    def t_min(self) -> float:
+        return 0.0
+
+    def initial_state(self, key: PRNGKeyArray, x: Data) -> InitialState:
+        r"""$z \sim q(z \mid x)$; the cost is the family's `log_ratio`
+        $\log q(z \mid x) - \log p(z)$ and its `kl` (see `TopKLatent` for the top-$k$
+        latent's upper bound)."""
+        params = self.posterior_params(x)
+        z = self.latent.sample(key, params)
+        return InitialState(
+            LatentState(x, z), self.latent.log_ratio(z, params), self.latent.kl(params)
+        )
+
+    def data(self, u: LatentState) -> Data:
+        return u.x
+
+    def with_data(self, u: LatentState, x: Data) -> LatentState:
+        return LatentState(x, u.z)
+
+    def partition(self, u: LatentState) -> tuple[Data, Latent]:
+        return u.x, u.z
+
+    def combine(self, diffused: Data, constant: Latent) -> LatentState:
+        return LatentState(diffused, constant)
+
+    def prior_sample(self, key: PRNGKeyArray, shape: tuple[int, ...]) -> LatentState:
+        r"""$z \sim p(z)$ and $x_1 \sim \mathcal N(0, I)$."""
+        key_z, key_x = jax.random.split(key)
+        z = self.latent.prior_sample(key_z)
+        return LatentState(self.condition(z).prior_sample(key_x, shape), z)
+
+    def prior_log_prob(self, u: LatentState) -> Float[Array, ""]:
+        r"""$\log \mathcal N(x_1; 0, I)$, given $z$."""
+        return self.condition(u.z).prior_log_prob(u.x)
+
+    def decode(self, u: LatentState, num_levels: int) -> Int[Array, "*shape"]:
+        return self.condition(u.z).decode(u.x, num_levels)
+
+    def network_shape(self, data_shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+        """The data with the leading (channel) axis doubled, `(2 C, H, W)` or `(2 D,)`,
+        conditioned on `latent.size` numbers; see `LatentDenoiser`."""
+        return (2 * data_shape[0], *data_shape[1:]), self.latent.size
+
+    def denoiser(self, net: Callable[..., Array]) -> LatentDenoiser:
+        return LatentDenoiser(net, self)
+
+    # Everything else: the DiagonalVP of the state's latent, on the data part.
+
+    def perturb(self, u0: LatentState, t: Time, eps: Data) -> LatentState:
+        return LatentState(self.condition(u0.z).perturb(u0.x, t, eps), u0.z)
+
+    def marginal_scale(self, u: LatentState, t: Time, eps: Data) -> Data:
+        return self.condition(u.z).marginal_scale(u.x, t, eps)
+
+    def score_from_eps(self, u: LatentState, t: Time, eps: Data) -> Data:
+        return self.condition(u.z).score_from_eps(u.x, t, eps)
+
+    def eps_from_score(self, u: LatentState, t: Time, score: Data) -> Data:
+        return self.condition(u.z).eps_from_score(u.x, t, score)
+
+    def eps_from_x0(self, u: LatentState, t: Time, x0: Data) -> Data:
+        return self.condition(u.z).eps_from_x0(u.x, t, x0)
+
+    def x0_from_eps(self, u: LatentState, t: Time, eps: Data) -> Data:
+        return self.condition(u.z).x0_from_eps(u.x, t, eps)
+
+    def eps_from_v(self, u: LatentState, t: Time, v: Data) -> Data:
+        return self.condition(u.z).eps_from_v(u.x, t, v)
+
+    def v_from_eps(self, u: LatentState, t: Time, eps: Data) -> Data:
+        return self.condition(u.z).v_from_eps(u.x, t, eps)
+
+    def gamma(self, u: LatentState, t: Time) -> Gamma:
+        return self.condition(u.z).gamma(u.x, t)
+
+    def log_det_scale(self, u: LatentState, t: Time) -> Float[Array, ""]:
+        return self.condition(u.z).log_det_scale(u.x, t)
+
+    def decoder_nll(self, u: LatentState, x: Data, num_levels: int) -> Float[Array, ""]:
+        return self.condition(u.z).decoder_nll(u.x, x, num_levels)
+
+    def prior_kl(self, u0: LatentState) -> Float[Array, ""]:
+        return self.condition(u0.z).prior_kl(u0.x)
+
+    def diffusion_loss(self, u: LatentState, t: Time, eps: Data, eps_hat: Data) -> Float[Array, ""]:
+        return self.condition(u.z).diffusion_loss(u.x, t, eps, eps_hat)
+
+    def diffusion_loss_discrete(
+        self, u: LatentState, s: Time, t: Time, eps: Data, eps_hat: Data
+    ) -> Float[Array, ""]:
+        return self.condition(u.z).diffusion_loss_discrete(u.x, s, t, eps, eps_hat)
+
+    def ancestral_mean(self, u: LatentState, t: Time, s: Time, eps_hat: Data) -> Data:
+        return self.condition(u.z).ancestral_mean(u.x, t, s, eps_hat)
+
+    def posterior_noise(self, u: LatentState, t: Time, s: Time, xi: Data) -> Data:
+        return self.condition(u.z).posterior_noise(u.x, t, s, xi)
+
+    def transition_noise(self, u: LatentState, t: Time, s: Time, xi: Data) -> Data:
+        return self.condition(u.z).transition_noise(u.x, t, s, xi)
+
+    def drift(self, u: LatentState, t: Time) -> Data:
+        return self.condition(u.z).drift(u.x, t)
+
+    def diffusion_scale(self, u: LatentState, t: Time) -> Gamma:
+        return self.condition(u.z).diffusion_scale(u.x, t)
+
+    def noise_apply(self, w: Data) -> Data:
+        """White noise: $B = I$."""
+        return w
+
+    def probability_flow_eps(self, u: LatentState, t: Time, eps: Data) -> Data:
+        return self.condition(u.z).probability_flow_eps(u.x, t, eps)

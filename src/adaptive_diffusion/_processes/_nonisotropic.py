@@ -1,17 +1,30 @@
-r"""The non-isotropic variance-preserving process (NI-DDPM / NIVP SDE, Voleti, Oberman &
-Pal 2022).
+r"""The non-isotropic processes of Voleti, Oberman & Pal (2022): variance preserving
+(NI-DDPM / NIVP SDE) and variance exploding (NI-SMLD).
 
 $$x_t = \alpha_t x_0 + \sigma_t \Sigma^{1/2} \varepsilon, \qquad
 q(x_t \mid x_0) = \mathcal N(\alpha_t x_0, \sigma_t^2 \Sigma),$$
 the marginal of the NIVP SDE (the paper's eqs. 24-25)
 $dx = f(t)\,x\,dt + g(t)\,\Sigma^{1/2} dW$. It is VP conjugated by $\Sigma^{1/2}$: in the
 white coordinates $y = \Sigma^{-1/2} x$ it is the ordinary VP process, so everything is
-`AbstractVPProcess` with a covariance operator in place of the identity.
+`AbstractVPProcess` with a covariance operator in place of the identity. The
+variance-exploding process $x_t = x_0 + \sigma_t \Sigma^{1/2}\varepsilon$ (appendices D-E;
+SMLD/NCSN of Song & Ermon 2019 for $\Sigma = I$) is the same scaled-Gaussian base with
+other scales.
 """
 
+import jax.numpy as jnp
+
 from .._covariance import AbstractCovariance
+from .._custom_types import Gamma
 from .._schedules import AbstractSchedule
-from ._vp import AbstractVPProcess
+from ._vp import AbstractScaledGaussianProcess, AbstractVPProcess, check_scalar_schedule
+
+
+_COMMUTE = (
+    "a per-dimension sigma_t does not commute with Sigma^(1/2), so x_t would not be "
+    "N(a_t x_0, sigma_t^2 Sigma). Use a scalar schedule, or DiagonalVP for white noise with "
+    "one gamma per dimension."
+)
 
 
 class NonIsotropicVP(AbstractVPProcess):
@@ -61,10 +74,36 @@ class NonIsotropicVP(AbstractVPProcess):
     covariance: AbstractCovariance
 
     def check_gamma_shape(self, gamma_shape: tuple[int, ...], data_shape: tuple[int, ...]):
-        if gamma_shape != ():
-            raise ValueError(
-                f"NonIsotropicVP needs a scalar schedule, but it returns gamma of shape "
-                f"{gamma_shape}: a per-dimension sigma_t does not commute with Sigma^(1/2), "
-                "so x_t would not be N(alpha_t x_0, sigma_t^2 Sigma). Use a scalar schedule, "
-                "or DiagonalVP for white noise with one gamma per dimension."
-            )
+        check_scalar_schedule("NonIsotropicVP", gamma_shape, _COMMUTE)
+
+
+class NonIsotropicVE(AbstractScaledGaussianProcess):
+    r"""$x_t = x_0 + \sigma_t \Sigma^{1/2} \varepsilon$, $\sigma_t^2 = e^{\gamma(t)}$, with
+    prior $\mathcal N(0, \sigma_1^2 \Sigma)$: the marginal of $dx = g(t)\,\Sigma^{1/2} dW$ with
+    $g^2 = d\sigma_t^2/dt = \sigma_t^2\gamma'(t)$.
+
+    The schedule is the same object as for VP: $\gamma = -\log\mathrm{SNR} = \log\sigma_t^2$,
+    so `LinearSchedule(2 log sigma_min, 2 log sigma_max)` is SMLD's geometric sequence
+    $\sigma_t = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^t$. Sample it with
+    `sample_annealed_langevin` (NI-SMLD) or any other sampler; $\sigma_1$ must dwarf the
+    data (SMLD: the largest pairwise distance) for the prior to match $p_1$.
+
+    **Arguments:**
+
+    - `schedule`: a scalar schedule, read as $\gamma(t) = \log \sigma_t^2$.
+    - `covariance`: the noise covariance (`IdentityCovariance()` gives plain SMLD).
+    """
+
+    schedule: AbstractSchedule
+    covariance: AbstractCovariance
+
+    def check_gamma_shape(self, gamma_shape: tuple[int, ...], data_shape: tuple[int, ...]):
+        check_scalar_schedule("NonIsotropicVE", gamma_shape, _COMMUTE)
+
+    def log_scales(self, gamma: Gamma) -> tuple[Gamma, Gamma]:
+        r"""$(0, \gamma)$: $a = 1$, $s^2 = e^\gamma$."""
+        return jnp.zeros_like(gamma), gamma
+
+    def log_prior_variance(self, gamma_1: Gamma) -> Gamma:
+        r"""$\gamma(1)$: the prior $\mathcal N(0, \sigma_1^2\Sigma)$."""
+        return gamma_1

@@ -24,18 +24,18 @@ from ._evaluate import (
     generate as generate,
 )
 from ._metrics import MetricsWriter as MetricsWriter, read_metrics as read_metrics
-from ._model import (
-    AbstractDiffusionModel as AbstractDiffusionModel,
-    MuLANModel as MuLANModel,
-    VPModel as VPModel,
-    build_model as build_model,
-)
+from ._model import DiffusionModel as DiffusionModel, build_model as build_model
 from ._optim import (
     ema_update as ema_update,
     make_optimizer as make_optimizer,
     make_schedule as make_schedule,
 )
 from ._plots import plot_schedule as plot_schedule, save_image_grid as save_image_grid
+from ._registry import (
+    DEQUANTIZATIONS as DEQUANTIZATIONS,
+    PROCESS_KINDS as PROCESS_KINDS,
+    ProcessKind as ProcessKind,
+)
 from ._sources import make_source as make_source
 from ._state import TrainState as TrainState, init_state as init_state
 from ._step import (

@@ -24,6 +24,7 @@ from ._checkpoint import Checkpointer, ConfigMismatchError
 from ._config import Config
 from ._evaluate import SAMPLERS, evaluate, generate
 from ._plots import save_image_grid
+from ._registry import DEQUANTIZATIONS
 from ._trainer import eval_model, setup, train
 
 
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-steps", type=int, default=1000, help="steps T of the vlb method")
     p.add_argument(
         "--dequantization",
-        choices=("process", "truncated_normal", "uniform"),
+        choices=sorted(DEQUANTIZATIONS),
         help="the ode method's dequantisation (default: the run's eval.dequantization)",
     )
     p.add_argument(

@@ -17,10 +17,16 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ._registry import DEQUANTIZATIONS, check_process_config
+
 
 @dataclasses.dataclass(frozen=True)
 class ProcessConfig:
     r"""The forward process, its log-SNR schedule and what the network predicts.
+
+    The kinds, their schedules and the options each reads live in one registry
+    (`train.PROCESS_KINDS`); an unknown value, or an option the kind does not read, is
+    refused with the key named.
 
     **Arguments:**
 
@@ -48,16 +54,20 @@ class ProcessConfig:
       compute of the digits MLP denoiser), or `"mlp"`, two hidden layers of 256 units.
     """
 
-    kind: Literal["vp", "nonisotropic", "mulan"] = "vp"
-    schedule: Literal["linear", "cosine", "learned", "polynomial"] = "learned"
+    kind: str = "vp"
+    schedule: str = "learned"
     gamma_min: float = -13.3
     gamma_max: float = 5.0
     parameterization: Literal["eps", "x", "v"] = "eps"
     power: float = 1.0
     learn_covariance: bool = False
-    latent: Literal["topk", "gaussian", "categorical", "none"] = "topk"
+    latent: str = "topk"
     latent_size: int = 0
-    encoder: Literal["conv", "mlp"] = "conv"
+    encoder: str = "conv"
+
+    def __post_init__(self):
+        changed = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
+        check_process_config(self, changed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,8 +178,15 @@ class EvalConfig:
     num_samples: int = 64
     sampler: Literal["ancestral", "ddim", "ode", "sde"] = "ancestral"
     sample_steps: int = 1000
-    dequantization: Literal["process", "truncated_normal", "uniform"] = "process"
+    dequantization: str = "process"
     ode_samples: int = 1
+
+    def __post_init__(self):
+        if self.dequantization not in DEQUANTIZATIONS:
+            raise ValueError(
+                f"Unknown eval.dequantization {self.dequantization!r}; use one of "
+                f"{', '.join(DEQUANTIZATIONS)}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .._sampling import sample_ancestral, sample_ddim, sample_ode, sample_sde
 from ..data import AbstractImageSource, levels_to_centres
-from ._model import AbstractDiffusionModel, Sampler
+from ._model import DiffusionModel, Sampler
 from ._step import shard_batch
 
 
@@ -56,7 +56,7 @@ class BitsPerDim:
 
 
 def _per_example(
-    model: AbstractDiffusionModel,
+    model: DiffusionModel,
     xs: Float[Array, " batch *shape"],
     key: PRNGKeyArray,
     method: Method,
@@ -95,7 +95,7 @@ def _batch_size_for(mesh: Mesh, batch_size: int) -> int:
 
 
 def evaluate(
-    model: AbstractDiffusionModel,
+    model: DiffusionModel,
     source: AbstractImageSource,
     *,
     method: Method,
@@ -143,7 +143,7 @@ def evaluate(
 
 
 def generate(
-    model: AbstractDiffusionModel,
+    model: DiffusionModel,
     *,
     key: PRNGKeyArray,
     num: int,

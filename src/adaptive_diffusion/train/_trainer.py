@@ -23,13 +23,12 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
-from .._discrete import from_levels
 from ..data import AbstractImageSource, image_pipeline, levels_to_centres
 from ._checkpoint import Checkpointer
 from ._config import Config
 from ._evaluate import evaluate, generate
 from ._metrics import MetricsWriter
-from ._model import AbstractDiffusionModel, build_model
+from ._model import DiffusionModel, build_model
 from ._optim import make_optimizer
 from ._plots import plot_schedule, plot_snr_curves, save_image_grid
 from ._sources import make_source
@@ -42,19 +41,16 @@ _SNR_EXAMPLES = 6
 
 
 def training_loss(
-    model: AbstractDiffusionModel, batch: Float[Array, " b *shape"], key: PRNGKeyArray
+    model: DiffusionModel, batch: Float[Array, " b *shape"], key: PRNGKeyArray
 ) -> Float[Array, ""]:
     """The mean negative ELBO of a batch, bits/dim, with dropout on.
 
-    A batch holding NaN or infinite values gives a NaN loss, so that the train step
-    skips it and counts it, rather than the bound's data check stopping the run: such
-    values are replaced by the lowest bin centre before the bound sees them.
+    No data check runs here (the pipeline's sources check their levels once, when they
+    load): a batch holding NaN or infinite values gives a NaN loss, so that the train
+    step skips it and counts it.
     """
-    finite = jnp.isfinite(batch)
-    lowest = from_levels(jnp.zeros((), jnp.int32), model.num_levels)
-    safe = jnp.where(finite, batch, lowest)
-    loss = jnp.mean(model.nelbo(safe, key=key, train=True).total)
-    return jnp.where(jnp.all(finite), loss, jnp.nan)
+    loss = jnp.mean(model.nelbo(batch, key=key, train=True).total)
+    return jnp.where(jnp.all(jnp.isfinite(batch)), loss, jnp.nan)
 
 
 @dataclasses.dataclass
@@ -94,13 +90,13 @@ def setup(config: Config, workdir: str | os.PathLike, *, load_test: bool = True)
     )
 
 
-def eval_model(state: TrainState) -> AbstractDiffusionModel:
+def eval_model(state: TrainState) -> DiffusionModel:
     """The model to evaluate and sample: the EMA when there is one."""
     return state.model if state.ema is None else state.ema
 
 
 def write_pictures(
-    model: AbstractDiffusionModel,
+    model: DiffusionModel,
     config: Config,
     mesh: jax.sharding.Mesh,
     directory: str | os.PathLike,
@@ -111,7 +107,7 @@ def write_pictures(
 ) -> list[pathlib.Path]:
     """Write `samples.png` (a grid of `config.eval.num_samples` samples) and
     `schedule.png` (the noise schedule) into `directory`, and, for a model whose schedule
-    depends on the example (MuLAN), `snr.png`: the per-pixel SNR curves of the
+    depends on the state (MuLAN's on its latent), `snr.png`: the per-pixel SNR curves of the
     `examples` (a few test images in $[-1, 1]$), or of latents from the prior without
     them (see `plot_snr_curves`). Returns the paths written."""
     directory = pathlib.Path(directory)
@@ -133,6 +129,8 @@ def write_pictures(
 
     xs = None if examples is None else jnp.asarray(examples)
     curves = np.asarray(curves_of(model, key_curves, xs))
+    if np.all(curves == curves[:1]):
+        curves = curves[:1]  # the schedule does not depend on the state
     paths = [directory / "samples.png", directory / "schedule.png"]
     if curves.shape[0] > 1:
         paths.append(directory / "snr.png")

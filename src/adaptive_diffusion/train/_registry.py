@@ -1,0 +1,237 @@
+"""The process kinds of the training config, in one registry.
+
+`process.kind` names an entry of `PROCESS_KINDS`; the entry builds the process and says
+which `process.*` options it reads and which schedules it offers. Adding a family to the
+training stack is one entry here (its process is one file in `_processes/`). An unknown
+kind, an unknown schedule, or a non-default value of an option the kind does not read is
+an error naming it, raised when the config is made.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol, runtime_checkable
+
+from jaxtyping import PRNGKeyArray
+
+from .._covariance import GFFCovariance, LearnedGFFCovariance
+from .._latents import AbstractLatent, CategoricalLatent, GaussianLatent, NoLatent, TopKLatent
+from .._likelihood import (
+    AbstractDequantization,
+    ProcessDequantization,
+    TruncatedNormalDequantization,
+    UniformDequantization,
+)
+from .._processes import VP, AbstractProcess, MuLAN, NonIsotropicVP
+from .._schedules import (
+    AbstractLatentSchedule,
+    AbstractSchedule,
+    CosineSchedule,
+    FixedLatentSchedule,
+    LearnedSchedule,
+    LinearSchedule,
+    MonotoneScheduleNetwork,
+    PolynomialScheduleNetwork,
+)
+from ..nn import MLPEncoder
+
+
+@runtime_checkable
+class ProcessConfig(Protocol):
+    """What the registry reads of the config's `process` section (`train.ProcessConfig`)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def schedule(self) -> str: ...
+
+    @property
+    def gamma_min(self) -> float: ...
+
+    @property
+    def gamma_max(self) -> float: ...
+
+    @property
+    def power(self) -> float: ...
+
+    @property
+    def learn_covariance(self) -> bool: ...
+
+    @property
+    def latent(self) -> str: ...
+
+    @property
+    def latent_size(self) -> int: ...
+
+    @property
+    def encoder(self) -> str: ...
+
+
+Builder = Callable[[ProcessConfig, tuple[int, ...], PRNGKeyArray, PRNGKeyArray], AbstractProcess]
+"""`build(config, data_shape, key_schedule, key_encoder) -> process`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessKind:
+    """One family of the training config.
+
+    **Fields:**
+
+    - `build`: `build(config, data_shape, key_schedule, key_encoder) -> process`.
+    - `options`: the `process.*` fields it reads, besides `kind` and `parameterization`.
+    - `schedules`: the values `process.schedule` may take.
+    """
+
+    build: Builder
+    options: frozenset[str]
+    schedules: tuple[str, ...]
+
+
+SCALAR_SCHEDULES: Mapping[str, Callable[[ProcessConfig, PRNGKeyArray], AbstractSchedule]] = {
+    "linear": lambda cfg, key: LinearSchedule(cfg.gamma_min, cfg.gamma_max),
+    "cosine": lambda cfg, key: CosineSchedule(cfg.gamma_min, cfg.gamma_max),
+    "learned": lambda cfg, key: LearnedSchedule(
+        key=key, gamma_min=cfg.gamma_min, gamma_max=cfg.gamma_max
+    ),
+}
+"""The scalar log-SNR schedules by name."""
+
+LATENTS: Mapping[str, Callable[..., AbstractLatent]] = {
+    "topk": TopKLatent,
+    "gaussian": GaussianLatent,
+    "categorical": CategoricalLatent,
+    "none": NoLatent,
+}
+"""MuLAN's latent families by name."""
+
+
+def _vp(cfg: ProcessConfig, shape: tuple[int, ...], key_schedule, key_encoder) -> VP:
+    return VP(SCALAR_SCHEDULES[cfg.schedule](cfg, key_schedule))
+
+
+def _nonisotropic(
+    cfg: ProcessConfig, shape: tuple[int, ...], key_schedule, key_encoder
+) -> NonIsotropicVP:
+    covariance = LearnedGFFCovariance if cfg.learn_covariance else GFFCovariance
+    schedule = SCALAR_SCHEDULES[cfg.schedule](cfg, key_schedule)
+    return NonIsotropicVP(schedule, covariance(shape, power=cfg.power))
+
+
+def _latent(cfg: ProcessConfig) -> AbstractLatent:
+    family = LATENTS[cfg.latent]
+    if cfg.latent_size == 0:
+        return family()
+    if family is NoLatent:
+        raise ValueError("process.latent_size must be 0 for latent=none.")
+    return family(size=cfg.latent_size)
+
+
+def _network_schedule(family: type) -> Callable:
+    def build(cfg: ProcessConfig, latent: AbstractLatent, shape: tuple[int, ...], key):
+        return family(latent.size, shape, key=key, gamma_min=cfg.gamma_min, gamma_max=cfg.gamma_max)
+
+    return build
+
+
+def _fixed_schedule(name: str) -> Callable:
+    def build(cfg: ProcessConfig, latent: AbstractLatent, shape: tuple[int, ...], key):
+        return FixedLatentSchedule(SCALAR_SCHEDULES[name](cfg, key))
+
+    return build
+
+
+LATENT_SCHEDULES: Mapping[str, Callable[..., AbstractLatentSchedule]] = {
+    "polynomial": _network_schedule(PolynomialScheduleNetwork),
+    "learned": _network_schedule(MonotoneScheduleNetwork),
+    "linear": _fixed_schedule("linear"),
+    "cosine": _fixed_schedule("cosine"),
+}
+"""MuLAN's schedule families by name: `build(config, latent, data_shape, key)`."""
+
+
+def _mulan(cfg: ProcessConfig, shape: tuple[int, ...], key_schedule, key_encoder) -> MuLAN:
+    latent = _latent(cfg)
+    encoder = None
+    if cfg.encoder == "mlp" and latent.num_params:
+        encoder = MLPEncoder(shape, latent.num_params, key=key_encoder)
+    return MuLAN(
+        shape,
+        key=key_encoder,
+        gamma_min=cfg.gamma_min,
+        gamma_max=cfg.gamma_max,
+        latent=latent,
+        schedule=LATENT_SCHEDULES[cfg.schedule](cfg, latent, shape, key_schedule),
+        encoder=encoder,
+    )
+
+
+_SCHEDULE_OPTIONS = frozenset({"schedule", "gamma_min", "gamma_max"})
+
+PROCESS_KINDS: Mapping[str, ProcessKind] = {
+    "vp": ProcessKind(_vp, _SCHEDULE_OPTIONS, tuple(SCALAR_SCHEDULES)),
+    "nonisotropic": ProcessKind(
+        _nonisotropic,
+        _SCHEDULE_OPTIONS | {"power", "learn_covariance"},
+        tuple(SCALAR_SCHEDULES),
+    ),
+    "mulan": ProcessKind(
+        _mulan,
+        _SCHEDULE_OPTIONS | {"latent", "latent_size", "encoder"},
+        tuple(LATENT_SCHEDULES),
+    ),
+}
+"""The process kinds by the names `process.kind` takes:
+
+- `vp`: `ad.VP` (VDM) with a scalar schedule;
+- `nonisotropic`: `ad.NonIsotropicVP` with a fixed or learned GFF covariance (NI-DDPM);
+- `mulan`: `ad.MuLAN`, a per-dimension schedule conditioned on a latent.
+"""
+
+_ENCODERS = ("conv", "mlp")
+
+DEQUANTIZATIONS: Mapping[str, AbstractDequantization] = {
+    "process": ProcessDequantization(),
+    "truncated_normal": TruncatedNormalDequantization(),
+    "uniform": UniformDequantization(),
+}
+"""The ODE bound's dequantisations by the names `eval.dequantization` and the command
+line use."""
+
+
+def check_process_config(cfg: ProcessConfig, changed: Iterable[str]) -> None:
+    """Raise `ValueError` naming the key if `cfg` asks for an unknown kind, schedule,
+    latent or encoder, or if an option in `changed` (the fields that differ from their
+    defaults) is one its kind does not read."""
+    if cfg.kind not in PROCESS_KINDS:
+        raise ValueError(
+            f"Unknown process.kind {cfg.kind!r}; the kinds are: {', '.join(PROCESS_KINDS)}."
+        )
+    kind = PROCESS_KINDS[cfg.kind]
+    if cfg.schedule not in kind.schedules:
+        raise ValueError(
+            f"process.schedule={cfg.schedule!r} is not a schedule of kind={cfg.kind}; "
+            f"use one of {', '.join(kind.schedules)}."
+        )
+    for name in changed:
+        if name not in ("kind", "parameterization", *kind.options):
+            readers = [k for k, entry in PROCESS_KINDS.items() if name in entry.options]
+            raise ValueError(
+                f"process.{name} is not an option of kind={cfg.kind}; it applies to "
+                f"kind={' or '.join(readers)} only. Remove it, or change the kind."
+            )
+    if cfg.latent not in LATENTS:
+        raise ValueError(f"Unknown process.latent {cfg.latent!r}; use one of {', '.join(LATENTS)}.")
+    if cfg.encoder not in _ENCODERS:
+        raise ValueError(
+            f"Unknown process.encoder {cfg.encoder!r}; use one of {', '.join(_ENCODERS)}."
+        )
+
+
+def build_process(
+    cfg: ProcessConfig,
+    data_shape: tuple[int, ...],
+    key_schedule: PRNGKeyArray,
+    key_encoder: PRNGKeyArray,
+) -> AbstractProcess:
+    """The process of `cfg`, for data of shape `data_shape`."""
+    return PROCESS_KINDS[cfg.kind].build(cfg, tuple(data_shape), key_schedule, key_encoder)
