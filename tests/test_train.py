@@ -7,6 +7,7 @@ import textwrap
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 
@@ -133,19 +134,43 @@ def test_warmup_cosine_schedule():
 def test_optimizer_warmup_and_decay_mask():
     config = train.OptimizerConfig(lr=1e-1, warmup_steps=2, weight_decay=0.5, clip_norm=1.0)
     optimizer = train.make_optimizer(config, steps=10)
-    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    # A layer's kernel is decayed; its bias, a norm's scale, a matrix that is not a layer's
+    # kernel (a learned process's parameters) and the 2-d biases of blocks stacked for a scan
+    # are not.
+    linear = eqx.nn.Linear(2, 2, key=jr.key(0))
+    stacked = eqx.filter_vmap(lambda k: eqx.nn.Linear(2, 2, key=k))(jr.split(jr.key(1), 3))
+    params = {
+        "linear": eqx.tree_at(
+            lambda m: (m.weight, m.bias), linear, (jnp.ones((2, 2)), jnp.ones(2))
+        ),
+        "norm": eqx.nn.LayerNorm(2),
+        "process": jnp.ones((2, 2)),
+        "stacked": eqx.tree_at(
+            lambda m: (m.weight, m.bias), stacked, (jnp.ones((3, 2, 2)), jnp.ones((3, 2)))
+        ),
+    }
+    params = eqx.filter(params, eqx.is_inexact_array)
     state = optimizer.init(params)
-    grads = {"w": jnp.full((2, 2), 100.0), "b": jnp.full(2, 100.0)}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)
     updates, state = optimizer.update(grads, state, params)
     # Step 0 of the warmup has learning rate 0.
     assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(updates))
-    zero = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}
+    zero = jax.tree.map(jnp.zeros_like, params)
     updates, state = optimizer.update(zero, state, params)
-    # Step 1 (lr 0.05): with zero gradient only Adam's momentum and the weight decay act; the
-    # decay (0.05 * 0.5 * w) reaches the matrix, never the bias.
-    b, w = (np.asarray(u) for u in jax.tree.leaves(updates))  # dict leaves in key order
-    assert w.shape == (2, 2) and b.shape == (2,)
-    np.testing.assert_allclose(w - b[None], -0.05 * 0.5 * np.ones((2, 2)), rtol=1e-5)
+    # Step 1 (lr 0.05): with zero gradient only Adam's momentum (the same for every leaf, all
+    # of whose gradients were 100) and the weight decay (0.05 * 0.5 * p) act.
+    momentum = np.asarray(updates["process"])[0, 0]
+    decay = -0.05 * 0.5
+    np.testing.assert_allclose(updates["linear"].weight, momentum + decay, rtol=1e-5)
+    np.testing.assert_allclose(updates["stacked"].weight, momentum + decay, rtol=1e-5)
+    for undecayed in (
+        updates["linear"].bias,
+        updates["norm"].weight,
+        updates["norm"].bias,
+        updates["process"],
+        updates["stacked"].bias,
+    ):
+        np.testing.assert_allclose(undecayed, momentum, rtol=1e-5)
 
 
 # --------------------------------------------------------------------- sharded step

@@ -32,9 +32,24 @@ def make_schedule(config: OptimizerConfig, steps: int) -> optax.Schedule:
     )
 
 
+_KERNEL_LAYERS = (eqx.nn.Linear, eqx.nn.Conv, eqx.nn.ConvTranspose, eqx.nn.Embedding)
+
+
 def _decay_mask(params: PyTree) -> PyTree:
-    """Weight decay on matrices and kernels only, not on biases, norms or scalars."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay on the `weight` of linear, convolution and embedding layers only.
+
+    Decided by the layer, not by the array's rank: blocks stacked for `jax.lax.scan`
+    carry 2-d biases and norm scales, and a learned process's matrices (an MDM's `G`,
+    a schedule's weights) are not network kernels; none of them is decayed.
+    """
+
+    def mask(node: PyTree) -> PyTree:
+        if isinstance(node, _KERNEL_LAYERS):
+            nothing = jax.tree.map(lambda _: False, node)
+            return eqx.tree_at(lambda layer: layer.weight, nothing, True)
+        return jax.tree.map(lambda _: False, node)
+
+    return jax.tree.map(mask, params, is_leaf=lambda node: isinstance(node, _KERNEL_LAYERS))
 
 
 def make_optimizer(config: OptimizerConfig, steps: int) -> optax.GradientTransformation:
