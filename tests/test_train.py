@@ -44,6 +44,9 @@ def test_config_yaml_values_and_overrides(tmp_path):
     assert config.data.path is None
     assert config.mesh.data == -1  # default kept
     assert train.load_config(None, ["mesh.data=-1", "data.path=a/b"]).data.path == "a/b"
+    assert config.network.unroll is None
+    unet = train.load_config(path, ["network.unroll=false", "network.n_layers=1"])
+    assert train.build_model(unet, (1, 8, 8), 256, key=jr.key(0)).denoiser.unroll is False
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert train.Config.from_yaml(empty) == train.Config()

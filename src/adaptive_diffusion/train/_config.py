@@ -80,6 +80,9 @@ class NetworkConfig:
     - `width`, `depth`: hidden units and residual blocks of the MLP.
     - `channels`, `n_layers`: base channels and residual layers of the UNet.
     - `dropout`: the dropout rate inside the UNet's residual blocks, during training only.
+    - `unroll`: whether the UNet's repeated blocks run unrolled or in `jax.lax.scan`;
+      `None` unrolls on CPU, where convolutions inside a scan lose their fast kernel,
+      and scans elsewhere (see `nn.UNet`).
     """
 
     kind: Literal["mlp", "unet"] = "mlp"
@@ -88,6 +91,7 @@ class NetworkConfig:
     channels: int = 64
     n_layers: int = 8
     dropout: float = 0.0
+    unroll: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)

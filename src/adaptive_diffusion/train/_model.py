@@ -199,6 +199,7 @@ def _denoiser(
         n_layers=cfg.n_layers,
         dropout=cfg.dropout,
         cond_dim=cond_dim,
+        unroll=cfg.unroll,
     )
 
 
