@@ -1,4 +1,5 @@
 # The two commands of the quick start. Each builds .venv on first use with only Python 3.11+.
+# The tests run in two processes (pytest-xdist): compiling is single-threaded on XLA:CPU.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pyright src
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 demo: $(STAMP)
 	$(BIN)/python -m adaptive_diffusion.demo

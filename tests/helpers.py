@@ -8,6 +8,23 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 import adaptive_diffusion as ad
+from adaptive_diffusion._processes import _small_linalg as small_linalg
+
+
+# Batched LAPACK calls (every time and component at once) can deadlock XLA:CPU's 2-thread
+# pool on jaxlib 0.10.2 (scripts/xla_cpu_lapack_deadlock.py): small covariances use the
+# library's unrolled, LAPACK-free factorisation, large ones LAPACK.
+_SMALL = 16
+
+
+def _cholesky(cov: Array) -> Array:
+    return small_linalg.cholesky(cov) if cov.shape[-1] <= _SMALL else jnp.linalg.cholesky(cov)
+
+
+def _solve_lower(chol: Array, b: Array) -> Array:
+    if chol.shape[-1] <= _SMALL:
+        return small_linalg.triangular_inverse(chol) @ b
+    return jax.scipy.linalg.solve_triangular(chol, b, lower=True)
 
 
 class GaussianMixture(eqx.Module):
@@ -22,8 +39,8 @@ class GaussianMixture(eqx.Module):
         x = x.reshape(-1)
 
         def component(mean, cov):
-            chol = jnp.linalg.cholesky(cov)
-            z = jax.scipy.linalg.solve_triangular(chol, x - mean, lower=True)
+            chol = _cholesky(cov)
+            z = _solve_lower(chol, x - mean)
             logdet = 2 * jnp.sum(jnp.log(jnp.diag(chol)))
             return -0.5 * (z @ z + logdet + x.size * math.log(2 * math.pi))
 
@@ -35,7 +52,7 @@ class GaussianMixture(eqx.Module):
     def sample(self, key: PRNGKeyArray) -> Array:
         kc, kn = jax.random.split(key)
         k = jax.random.categorical(kc, self.log_weights)
-        chol = jnp.linalg.cholesky(self.covs[k])
+        chol = _cholesky(self.covs[k])
         z = jax.random.normal(kn, (self.means.shape[1],))
         return (self.means[k] + chol @ z).reshape(self.shape)
 

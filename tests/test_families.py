@@ -30,12 +30,9 @@ GFF = ad.GFFCovariance(SHAPE, power=1.0)
 # below the 1e-3 nats the likelihood check asks for (see test_likelihood.py); VE's prior
 # N(0, sigma_1^2 Sigma) misses p_1 by ~1.4e-3 nats at sigma_1 = 100, measured.
 LINEAR = ad.LinearSchedule(gamma_min=-13.3, gamma_max=20.0)
-
-
-class PerPixel(ad.AbstractSchedule):
-    def __call__(self, t):
-        ends = jnp.array([[[18.0, 19.0], [20.0, 21.0]]])
-        return -13.3 + (ends + 13.3) * jnp.asarray(t)
+# Likewise beta_max = 40 for the MDMs (B(1) = 20): at the default 10 CLD's p_1 misses
+# N(0, I) by 0.01-0.05 nats at these points, and at 20 the learned MDM's by ~1e-3 (its
+# slowest mode decays as e^(-0.7 B)); at 40 both by ~1e-6 (measured).
 
 
 def _mulan():
@@ -45,14 +42,17 @@ def _mulan():
     return ad.MuLAN(SHAPE, key=key, latent=latent, encoder=encoder, gamma_max=20.0)
 
 
+# DiagonalVP is here through MuLAN, the DiagonalVP of its latent (and in test_processes.py
+# and test_likelihood.py on its own).
 FAMILIES = {
     "VP": ad.VP(LINEAR),
-    "DiagonalVP": ad.DiagonalVP(PerPixel()),
     "NonIsotropicVP": ad.NonIsotropicVP(LINEAR, GFF),
     "NonIsotropicVE": ad.NonIsotropicVE(
         ad.LinearSchedule(2 * math.log(0.01), 2 * math.log(1000.0)), GFF
     ),
     "MuLAN": _mulan(),
+    "CLD": ad.CLD(beta_max=40.0),
+    "LearnedMDM": ad.LearnedMDM(2, key=jax.random.key(5), beta_max=40.0),
 }
 
 SAMPLERS = {
@@ -74,21 +74,24 @@ SAMPLERS = {
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_core_function_on_every_family(name):
     process = FAMILIES[name]
-    data = random_mixture(jax.random.key(1), SHAPE, scale=0.3)
+    # The mixture lives on the diffused part of the state (the data, or an MDM's joint
+    # (x, v)); the constant part (MuLAN's latent) comes from encoding a data point.
+    prior = process.prior_sample(jax.random.key(0), SHAPE)
+    diffused_shape = process.partition(prior)[0].shape
+    data = random_mixture(jax.random.key(1), diffused_shape, scale=0.3)
     score = mixture_score(process, data)
 
     def model(u, t):  # the exact eps-prediction
         return process.eps_from_score(u, t, score(u, t))
 
     xs = ad.from_levels(jax.random.randint(jax.random.key(2), (3, *SHAPE), 0, NUM_LEVELS), 16)
-    continuous = jax.vmap(data.sample)(jax.random.split(jax.random.key(3), 2))
+    diffused = jax.vmap(data.sample)(jax.random.split(jax.random.key(3), 2))
 
     @eqx.filter_jit
     def everything(process, key):
         keys = iter(jax.random.split(key, 16))
-        states = jax.vmap(lambda k, x: process.initial_state(k, x).state)(
-            jax.random.split(next(keys), 2), continuous
-        )
+        _, constant = process.partition(process.initial_state(next(keys), xs[0]).state)
+        states = jax.vmap(lambda d: process.combine(d, constant))(diffused)
 
         def likelihood(u):
             result = ad.ode_log_likelihood(process, score, u, key=next(keys), trace="exact")
@@ -132,10 +135,14 @@ def test_every_core_function_on_every_family(name):
         terms = bound.diffusion + bound.prior + bound.reconstruction + bound.auxiliary
         np.testing.assert_allclose(bound.total, terms, rtol=1e-6, err_msg=bound_name)
         assert np.all(np.isfinite(bound.total)), bound_name
-        # The auxiliary part of the state costs nothing when the state is the data, and
-        # MuLAN's Gaussian latent KL otherwise.
+        # The auxiliary part of the state costs nothing when the state is the data; MuLAN's
+        # is its Gaussian latent's KL, an MDM's the negated entropy of q(v_0 | x).
         if name == "MuLAN":
             assert np.all(bound.auxiliary > 0), bound_name
+        elif isinstance(process, ad.AbstractLinearMDM):
+            entropy = 0.5 * math.log(2 * math.pi * math.e * process.aux_variance)
+            expected = -process.num_aux * entropy / math.log(2.0)
+            np.testing.assert_allclose(bound.auxiliary, expected, rtol=1e-6)
         else:
             np.testing.assert_array_equal(bound.auxiliary, 0.0)
     assert out["batch"].total.shape == (3,)
@@ -146,6 +153,7 @@ def test_every_core_function_on_every_family(name):
         assert jax.tree.structure(u) == structure, sampler_name
         assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(u)), sampler_name
         assert levels.shape == SHAPE and levels.dtype == jnp.int32, sampler_name
+        assert process.data(u).shape == SHAPE, sampler_name
         assert np.all((levels >= 0) & (levels < NUM_LEVELS)), sampler_name
 
 

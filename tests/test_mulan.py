@@ -15,8 +15,6 @@ import pytest
 
 import adaptive_diffusion as ad
 
-from .helpers import marginal, mixture_score, random_mixture
-
 
 NUM_LEVELS = 4
 PID_1E3 = diffrax.PIDController(rtol=1e-3, atol=1e-3)
@@ -144,29 +142,6 @@ def test_condition_differs_across_latents_and_pixels(getkey):
     default = eqx.filter_eval_shape(lambda: ad.MuLAN(shape, key=jax.random.key(0)))
     assert isinstance(default.encoder, ad.nn.ConvEncoder)
     assert eqx.filter_eval_shape(default.posterior_params, x).shape == (50,)
-
-
-def test_condition_ode_likelihood_matches_analytic_density(getkey):
-    # As for DiagonalVP in test_likelihood: gamma_max = 20 makes p_1 = N(0, I) to 1e-4.
-    shape = (1, 1, 2)
-
-    mulan = _small_mulan(getkey(), shape, ad.GaussianLatent(size=3), gamma_max=20.0)
-
-    @eqx.filter_jit
-    def log_probs(mulan, key):
-        k_z, k_data, k_x, k_probe = jax.random.split(key, 4)
-        process = mulan.condition(mulan.prior.sample(k_z))
-        data = random_mixture(k_data, shape)
-        score = mixture_score(process, data)
-        xs = jax.vmap(data.sample)(jax.random.split(k_x, 3))
-
-        def ode(x):
-            return ad.ode_log_likelihood(process, score, x, key=k_probe, trace="exact").log_prob
-
-        return jax.vmap(ode)(xs), jax.vmap(marginal(process, data, 0.0).log_prob)(xs)
-
-    result, expected = log_probs(mulan, getkey())
-    np.testing.assert_allclose(result, expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("latent", [ad.GaussianLatent(size=5), ad.CategoricalLatent(size=5)])
@@ -467,10 +442,9 @@ def test_importance_weighted_ode_bound(getkey):
 @pytest.mark.parametrize(
     "sampler, kwargs",
     [
+        # The other samplers run on MuLAN in test_families.py; these two check the law.
         (ad.sample_ancestral, dict(num_steps=50)),
-        (ad.sample_ddim, dict(num_steps=50)),
         (ad.sample_ode, dict(solve=ad.ODESolve(stepsize_controller=PID_1E3))),
-        (ad.sample_sde, dict(num_steps=50)),
     ],
 )
 def test_samples_follow_the_data(sampler, kwargs, getkey):

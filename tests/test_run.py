@@ -228,7 +228,7 @@ def test_cli_train_eval_sample(tmp_path, capsys):
 def test_shipped_configs_load():
     for name in train.SHIPPED_CONFIGS:
         config = train.Config.from_yaml(train.config_path(name))
-        kind = next((k for k in ("nonisotropic", "mulan") if k in name), "vp")
+        kind = next((k for k in ("nonisotropic", "mulan", "mdm") if k in name), "vp")
         assert config.process.kind == kind, name
     cifar = train.Config.from_yaml(train.config_path("cifar10"))
     network, optimizer = cifar.network, cifar.optimizer
@@ -383,6 +383,45 @@ def test_build_model_mulan_options_and_errors():
         (["process.kind=vp", "process.latent=gaussian"], "kind=mulan only"),
         (["process.kind=vp", "process.encoder=mlp"], "kind=mulan only"),
         (["process.latent=none", "process.latent_size=4"], "latent=none"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            build(*wrong)
+
+
+def test_mdm_configs_build_every_diffusion():
+    import adaptive_diffusion as ad
+
+    base = train.Config.from_yaml(train.config_path("digits_mdm"))
+
+    def build(*overrides):
+        return train.build_model(
+            base.with_overrides(overrides), (1, 8, 8), 17, key=jax.random.key(0)
+        )
+
+    for overrides, kind, num_aux in [
+        ((), ad.LinearMDM, 1),
+        (("process.diffusion=alda",), ad.LinearMDM, 2),
+        (("process.diffusion=malda", "process.num_aux=3"), ad.LinearMDM, 3),
+        (("process.diffusion=learned", "process.num_aux=2"), ad.LearnedMDM, 2),
+    ]:
+        model = build(*overrides)
+        assert isinstance(model.process, kind) and model.process.num_aux == num_aux, overrides
+        # The same MLP, with the K + 1 variables of each pixel as channels.
+        assert model.denoiser.lift.in_features == 64 * (num_aux + 1), overrides
+    # The shipped config importance-samples its times on the process's own beta.
+    assert base.process.times == "likelihood"
+    alda = build("process.diffusion=alda")
+    assert alda.times == ad.LikelihoodWeightedTimes(alda.process.beta_min, alda.process.beta_max)
+    assert isinstance(build("process.times=antithetic").times, ad.AntitheticTimes)
+    xs = jnp.asarray(_digits_batch(8))
+    bound = eqx.filter_jit(lambda m, xs, k: m.nelbo(xs, key=k))(model, xs, jax.random.key(1))
+    assert bound.total.shape == (8,) and np.all(np.isfinite(bound.total))
+    for wrong, match in [
+        (["process.kind=vp", "process.times=likelihood"], "kind=mdm only"),
+        (["process.times=stratified"], "Unknown process.times 'stratified'"),
+        (["process.diffusion=heun"], "Unknown process.diffusion 'heun'"),
+        (["process.num_aux=2"], "fixed number of variables"),
+        (["process.schedule=cosine"], "kind=vp or nonisotropic or mulan only"),
     ]:
         with pytest.raises(ValueError, match=match):
             build(*wrong)

@@ -51,6 +51,7 @@ from ._losses import (
     AbstractTimeSampler as AbstractTimeSampler,
     AntitheticTimes as AntitheticTimes,
     ArcLengthTimes as ArcLengthTimes,
+    LikelihoodWeightedTimes as LikelihoodWeightedTimes,
     UniformTimes as UniformTimes,
     antithetic_times as antithetic_times,
     batch_bound as batch_bound,
@@ -70,9 +71,13 @@ from ._parameterizations import (
     score_fn as score_fn,
 )
 from ._processes import (
+    ALDA as ALDA,
+    CLD as CLD,
+    MALDA as MALDA,
     VP as VP,
     AbstractDataStateProcess as AbstractDataStateProcess,
     AbstractLinearGaussianProcess as AbstractLinearGaussianProcess,
+    AbstractLinearMDM as AbstractLinearMDM,
     AbstractProcess as AbstractProcess,
     AbstractScaledGaussianProcess as AbstractScaledGaussianProcess,
     AbstractSDEProcess as AbstractSDEProcess,
@@ -82,9 +87,12 @@ from ._processes import (
     LatentDenoiser as LatentDenoiser,
     LatentPrior as LatentPrior,
     LatentState as LatentState,
+    LearnedMDM as LearnedMDM,
+    LinearMDM as LinearMDM,
     MuLAN as MuLAN,
     NonIsotropicVE as NonIsotropicVE,
     NonIsotropicVP as NonIsotropicVP,
+    StackedDenoiser as StackedDenoiser,
     require_capability as require_capability,
 )
 from ._sampling import (

@@ -469,7 +469,7 @@ class ProcessDequantization(AbstractDequantization):
         draw = process.initial_state(key_aux, x)
         t_min = process.t_min
         z, eps = process.sample_marginal(key_z, draw.state, t_min)
-        log_weight = -process.decoder_nll(z, x, num_levels) - process.marginal_log_prob(
+        log_weight = -process.decoder_nll(z, draw.state, num_levels) - process.marginal_log_prob(
             draw.state, t_min, eps
         )
         return z, log_weight - draw.log_ratio
@@ -600,7 +600,7 @@ def dense_vlb(
     key_ends, key_steps = jax.random.split(key)
     draw = process.initial_state(auxiliary_key(key), x)
     u0 = draw.state
-    reconstruction, prior = endpoint_terms(process, u0, x, key_ends, num_levels)
+    reconstruction, prior = endpoint_terms(process, u0, key_ends, num_levels)
 
     def step(args):
         i, k = args

@@ -191,6 +191,75 @@ class ArcLengthTimes(AbstractTimeSampler):
         )
 
 
+class LikelihoodWeightedTimes(AbstractTimeSampler):
+    r"""Times importance-sampled by the likelihood weighting of VP with a linear $\beta$
+    (Song et al. 2021; the MDM reference code samples the times of every MDM so): the
+    density on the process's $[t_{\min}, 1]$ is proportional to
+    $$\rho'(t) = \frac{\beta(t)}{1 - e^{-B(t)}}, \qquad \rho(t) = \log(e^{B(t)} - 1),$$
+    with $\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})$ and $B(t) = \int_0^t \beta$.
+
+    The CDF is inverted in closed form: $r = \rho(t_{\min}) + v\,(\rho(1) - \rho(t_{\min}))$,
+    $B = \operatorname{softplus}(r)$, and $t$ the positive root of $B(t) = B$. The weight
+    $w = (\rho(1) - \rho(t_{\min})) / ((1 - t_{\min})\,\rho'(t))$ is the reciprocal density of
+    the unit time $(t - t_{\min}) / (1 - t_{\min})$, so $\mathbb E[w\,L] = \int_0^1 L$. The
+    density grows as $1/t$ near 0, so the process must have $t_{\min} > 0$ (every MDM
+    does). Continuous time only.
+
+    **Arguments:** `beta_min`, `beta_max` (the MDM defaults, 0.1 and 10; pass the process's
+    own), and `base`, the sampler of the uniform numbers (default `AntitheticTimes()`).
+    """
+
+    beta_min: float = eqx.field(default=0.1, static=True)
+    beta_max: float = eqx.field(default=10.0, static=True)
+    base: AbstractTimeSampler = AntitheticTimes()
+
+    def __check_init__(self):
+        if not 0.0 < self.beta_min <= self.beta_max:
+            raise ValueError(
+                f"LikelihoodWeightedTimes needs 0 < beta_min <= beta_max, got "
+                f"beta_min={self.beta_min}, beta_max={self.beta_max}."
+            )
+
+    def uniforms(self, key: PRNGKeyArray, batch_size: int) -> Float[Array, " batch"]:
+        return self.base.uniforms(key, batch_size)
+
+    def _integrated(self, t: Float[Array, ""]) -> Float[Array, ""]:
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def log_weighting(self, t: Time) -> Float[Array, ""]:
+        r"""$\rho(t) = \log(e^{B(t)} - 1)$, whose derivative is the density (unnormalised)."""
+        return jnp.log(jnp.expm1(self._integrated(jnp.asarray(t, jnp.result_type(float)))))
+
+    def __call__(
+        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time
+    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        t_min = process.t_min
+        if t_min <= 0.0:
+            raise ValueError(
+                f"LikelihoodWeightedTimes needs a process with t_min > 0 (its density grows as "
+                f"1/t at 0); {type(process).__name__} has t_min = {t_min}."
+            )
+        low, high = self.log_weighting(t_min), self.log_weighting(1.0)
+        r = low + jnp.asarray(uniform, low.dtype) * (high - low)
+        b = jax.nn.softplus(r)
+        # The positive root of beta_min t + (beta_max - beta_min) t^2 / 2 = b, in the form
+        # that neither cancels nor divides by beta_max - beta_min.
+        root = jnp.sqrt(self.beta_min**2 + 2.0 * (self.beta_max - self.beta_min) * b)
+        t = jnp.clip(2.0 * b / (self.beta_min + root), t_min, 1.0)
+        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        rate = beta / -jnp.expm1(-self._integrated(t))
+        unit = (t - t_min) / (1.0 - t_min)
+        return unit, (high - low) / ((1.0 - t_min) * rate)
+
+    def on_grid(
+        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time, num_steps: int
+    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        raise ValueError(
+            "LikelihoodWeightedTimes weights the continuous-time bound; use num_steps=None, "
+            "or UniformTimes / AntitheticTimes for the T-step bound."
+        )
+
+
 # The auxiliary draw has a stream of its own, so that every other draw of the bound is
 # what it was before auxiliary state existed (with JAX's partitionable threefry,
 # fold_in(key, i) equals split(key, n)[i], hence a large constant).
@@ -203,22 +272,18 @@ def auxiliary_key(key: PRNGKeyArray) -> PRNGKeyArray:
 
 
 def endpoint_terms(
-    process: AbstractLinearGaussianProcess,
-    u0: State,
-    x: Data,
-    key: PRNGKeyArray,
-    num_levels: int,
+    process: AbstractLinearGaussianProcess, u0: State, key: PRNGKeyArray, num_levels: int
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     r"""The terms of the bound that do not involve the network.
 
     **Returns:** `(reconstruction, prior)` in nats: the decoder's
-    $-\log p(x \mid z)$ at one draw $z \sim q(u_{t_{\min}} \mid u_0)$, and
+    $-\log p(u_0 \mid z)$ at one draw $z \sim q(u_{t_{\min}} \mid u_0)$, and
     $\mathrm{KL}(q(u_1 \mid u_0) \Vert p(u_1))$.
     """
     # The first half of the split drew u_0 before auxiliary draws had their own stream.
     _, key_z = jax.random.split(key)
     z, _ = process.sample_marginal(key_z, u0, process.t_min)
-    return process.decoder_nll(z, x, num_levels), process.prior_kl(u0)
+    return process.decoder_nll(z, u0, num_levels), process.prior_kl(u0)
 
 
 def assemble_nelbo(
@@ -279,7 +344,7 @@ def nelbo(
     key_ends, key_t, key_noise = jax.random.split(key, 3)
     draw = process.initial_state(auxiliary_key(key), x)
     u0 = draw.state
-    reconstruction, prior = endpoint_terms(process, u0, x, key_ends, num_levels)
+    reconstruction, prior = endpoint_terms(process, u0, key_ends, num_levels)
     if uniform is None:
         uniform = jax.random.uniform(key_t)
     span = 1.0 - process.t_min

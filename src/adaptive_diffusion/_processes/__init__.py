@@ -6,6 +6,15 @@ from ._base import (
     InitialState as InitialState,
     require_capability as require_capability,
 )
+from ._mdm import (
+    ALDA as ALDA,
+    CLD as CLD,
+    MALDA as MALDA,
+    AbstractLinearMDM as AbstractLinearMDM,
+    LearnedMDM as LearnedMDM,
+    LinearMDM as LinearMDM,
+    StackedDenoiser as StackedDenoiser,
+)
 from ._mulan import (
     LatentDenoiser as LatentDenoiser,
     LatentPrior as LatentPrior,

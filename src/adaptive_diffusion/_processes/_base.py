@@ -226,8 +226,10 @@ class AbstractLinearGaussianProcess(AbstractProcess):
         return gauss - self.log_det_scale(u, t)
 
     @abc.abstractmethod
-    def decoder_nll(self, u: State, x: Data, num_levels: int) -> Float[Array, ""]:
-        r"""$-\log p(x \mid u_{t_{\min}} = u)$ in nats, `x` on the grid of `num_levels` bins."""
+    def decoder_nll(self, u: State, u0: State, num_levels: int) -> Float[Array, ""]:
+        r"""$-\log p(u_0 \mid u_{t_{\min}} = u)$ in nats: a probability of the data part of
+        `u0` (on the grid of `num_levels` bins) times a density of its diffused auxiliary
+        part (an MDM's $v_0$), if any."""
 
     @abc.abstractmethod
     def prior_kl(self, u0: State) -> Float[Array, ""]:

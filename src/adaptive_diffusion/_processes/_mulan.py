@@ -258,8 +258,8 @@ class MuLAN(AbstractSDEProcess):
     def log_det_scale(self, u: LatentState, t: Time) -> Float[Array, ""]:
         return self.condition(u.z).log_det_scale(u.x, t)
 
-    def decoder_nll(self, u: LatentState, x: Data, num_levels: int) -> Float[Array, ""]:
-        return self.condition(u.z).decoder_nll(u.x, x, num_levels)
+    def decoder_nll(self, u: LatentState, u0: LatentState, num_levels: int) -> Float[Array, ""]:
+        return self.condition(u.z).decoder_nll(u.x, u0.x, num_levels)
 
     def prior_kl(self, u0: LatentState) -> Float[Array, ""]:
         return self.condition(u0.z).prior_kl(u0.x)

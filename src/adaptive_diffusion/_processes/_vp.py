@@ -165,12 +165,12 @@ class AbstractScaledGaussianProcess(AbstractSDEProcess, AbstractDataStateProcess
         log_p2 = self.log_prior_variance(self.gamma(white, 1.0))
         return jnp.exp(0.5 * log_p2) * self.covariance.sqrt_apply(white)
 
-    def decoder_nll(self, u: Data, x: Data, num_levels: int) -> Float[Array, ""]:
+    def decoder_nll(self, u: Data, u0: Data, num_levels: int) -> Float[Array, ""]:
         r"""VDM's decoder: per dimension a categorical over the bins with location
         $z_0/a_0$ and scale $s_0 \sqrt{\Sigma_{ii}}/a_0$."""
         a, s = self.scales(u, 0.0)
         scale = s * jnp.sqrt(self.covariance.variance()) / a
-        return discretized_gaussian_nll(x, u / a, scale, num_levels)
+        return discretized_gaussian_nll(u0, u / a, scale, num_levels)
 
     def decode(self, u: Data, num_levels: int) -> Int[Array, "*shape"]:
         """The decoder's mode: the bin nearest $z_0 / a_0$."""

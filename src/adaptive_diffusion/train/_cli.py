@@ -32,6 +32,7 @@ SHIPPED_CONFIGS = (
     "digits",
     "digits_nonisotropic",
     "digits_mulan",
+    "digits_mdm",
     "cifar10",
     "cifar10_nonisotropic",
     "cifar10_mulan",

@@ -31,9 +31,10 @@ class ProcessConfig:
     **Arguments:**
 
     - `kind`: `"vp"`, the scalar variance-preserving process of VDM; `"nonisotropic"`,
-      the same with Gaussian-free-field noise $\Sigma^{1/2}\varepsilon$ (NI-DDPM); or
+      the same with Gaussian-free-field noise $\Sigma^{1/2}\varepsilon$ (NI-DDPM);
       `"mulan"`, a per-dimension schedule $\gamma(z, t)$ conditioned on an auxiliary
-      latent $z \sim q(z \mid x)$ (MuLAN).
+      latent $z \sim q(z \mid x)$ (MuLAN); or `"mdm"`, a linear multivariate diffusion
+      with auxiliary variables (its own linear $\beta(t)$; no schedule options).
     - `schedule`: `"linear"`, `"cosine"` or `"learned"` (VDM's monotone network; for
       `"mulan"`, that network conditioned on $z$ with one output per dimension), or
       `"polynomial"` (`"mulan"` only: MuLAN's degree-5 polynomial per dimension).
@@ -49,6 +50,14 @@ class ProcessConfig:
       reference's 50 units with 15 hot), `"gaussian"`, `"categorical"` or `"none"`.
     - `latent_size`: the latent's dimension (units, or categories); 0 for the family's
       default, the reference's 50.
+    - `diffusion`: the multivariate diffusion of `"mdm"`: `"cld"` (one auxiliary
+      variable), `"alda"` (two), `"malda"` or `"learned"` (Q and D learned).
+    - `num_aux`: its number K of auxiliary variables (`"malda"`, `"learned"`); 0 for the
+      family's default.
+    - `times`: how the bound draws its times (`"mdm"` only; the others use
+      `"antithetic"`): `"antithetic"`, VDM's low-discrepancy uniform times, or
+      `"likelihood"`, the same numbers importance-sampled by VP's likelihood weighting on
+      the process's own $\beta$ (`ad.LikelihoodWeightedTimes`, the MDM reference's).
     - `encoder`: MuLAN's encoder of $q(z \\mid x)$ (`"mulan"` only): `"conv"`, the
       reference's (the down path and middle of the UNet, 64 channels; ~30 times the
       compute of the digits MLP denoiser), or `"mlp"`, two hidden layers of 256 units.
@@ -64,6 +73,9 @@ class ProcessConfig:
     latent: str = "topk"
     latent_size: int = 0
     encoder: str = "conv"
+    diffusion: str = "cld"
+    num_aux: int = 0
+    times: str = "antithetic"
 
     def __post_init__(self):
         changed = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]

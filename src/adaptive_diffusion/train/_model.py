@@ -24,7 +24,7 @@ from .._likelihood import (
     dense_vlb,
     ode_bits_per_dim,
 )
-from .._losses import NELBO, batch_bound, nelbo
+from .._losses import NELBO, AbstractTimeSampler, AntitheticTimes, batch_bound, nelbo
 from .._parameterizations import AbstractParameterization, as_parameterization, score_fn
 from .._processes import (
     AbstractLinearGaussianProcess,
@@ -34,7 +34,7 @@ from .._processes import (
 )
 from ..nn import MLPDenoiser, UNet
 from ._config import Config
-from ._registry import DEQUANTIZATIONS, build_process
+from ._registry import DEQUANTIZATIONS, TIME_SAMPLERS, build_process
 
 
 Sampler = Callable[..., State]
@@ -68,6 +68,7 @@ class DiffusionModel(eqx.Module):
     - `data_shape`, `num_levels`: one example's shape and number of levels.
     - `dequantization`, `ode_samples`: the ODE bound's dequantisation and its number of
       importance-weighted draws (see `EvalConfig`).
+    - `times`: the bound's time sampler (VDM's low-discrepancy times by default).
     """
 
     process: AbstractProcess
@@ -77,6 +78,7 @@ class DiffusionModel(eqx.Module):
     num_levels: int = eqx.field(static=True)
     dequantization: AbstractDequantization = eqx.field(default=ProcessDequantization(), static=True)
     ode_samples: int = eqx.field(default=1, static=True)
+    times: AbstractTimeSampler = eqx.field(default=AntitheticTimes(), static=True)
 
     def model(self) -> Callable[[State, Time], Noise]:
         """The denoiser as the core's `model(u_t, t)` (dropout off)."""
@@ -85,8 +87,8 @@ class DiffusionModel(eqx.Module):
     def nelbo(
         self, xs: Float[Array, " batch *shape"], *, key: PRNGKeyArray, train: bool = False
     ) -> NELBO:
-        """`ad.nelbo` of each example, bits/dim, fields shaped `(batch,)`, with VDM's
-        low-discrepancy times across the batch.
+        """`ad.nelbo` of each example, bits/dim, fields shaped `(batch,)`, with the times
+        of `times` (VDM's low-discrepancy times across the batch by default).
 
         **Arguments:** `xs`, a batch on the grid of bin centres (checked where the data
         enter, not here); `key`; `train`, whether dropout is on (a key per example).
@@ -103,10 +105,11 @@ class DiffusionModel(eqx.Module):
                 key=key_bound,
                 num_levels=self.num_levels,
                 parameterization=self.parameterization,
+                times=self.times,
                 uniform=uniform,
             )
 
-        return batch_bound(one, xs, key=key)
+        return batch_bound(one, xs, key=key, times=self.times)
 
     def dense_vlb(
         self, x: Float[Array, " *shape"], *, key: PRNGKeyArray, num_steps: int
@@ -235,4 +238,5 @@ def build_model(
         num_levels=num_levels,
         dequantization=DEQUANTIZATIONS[config.eval.dequantization],
         ode_samples=config.eval.ode_samples,
+        times=TIME_SAMPLERS[config.process.times](process),
     )

@@ -21,7 +21,18 @@ from .._likelihood import (
     TruncatedNormalDequantization,
     UniformDequantization,
 )
-from .._processes import VP, AbstractProcess, MuLAN, NonIsotropicVP
+from .._losses import AbstractTimeSampler, AntitheticTimes, LikelihoodWeightedTimes
+from .._processes import (
+    ALDA,
+    CLD,
+    MALDA,
+    VP,
+    AbstractLinearMDM,
+    AbstractProcess,
+    LearnedMDM,
+    MuLAN,
+    NonIsotropicVP,
+)
 from .._schedules import (
     AbstractLatentSchedule,
     AbstractSchedule,
@@ -49,6 +60,9 @@ class ProcessConfig(Protocol):
     def gamma_min(self) -> float: ...
 
     @property
+    def times(self) -> str: ...
+
+    @property
     def gamma_max(self) -> float: ...
 
     @property
@@ -65,6 +79,12 @@ class ProcessConfig(Protocol):
 
     @property
     def encoder(self) -> str: ...
+
+    @property
+    def diffusion(self) -> str: ...
+
+    @property
+    def num_aux(self) -> int: ...
 
 
 Builder = Callable[[ProcessConfig, tuple[int, ...], PRNGKeyArray, PRNGKeyArray], AbstractProcess]
@@ -165,6 +185,34 @@ def _mulan(cfg: ProcessConfig, shape: tuple[int, ...], key_schedule, key_encoder
     )
 
 
+def _fixed_mdm(factory: Callable[..., AbstractLinearMDM], num_aux: bool) -> Callable:
+    def build(cfg: ProcessConfig, key: PRNGKeyArray) -> AbstractLinearMDM:
+        if cfg.num_aux and not num_aux:
+            raise ValueError(
+                f"process.diffusion={cfg.diffusion} has a fixed number of variables; "
+                "set process.num_aux=0."
+            )
+        return factory(num_aux=cfg.num_aux) if cfg.num_aux else factory()
+
+    return build
+
+
+MDM_DIFFUSIONS: Mapping[str, Callable[[ProcessConfig, PRNGKeyArray], AbstractLinearMDM]] = {
+    "cld": _fixed_mdm(CLD, num_aux=False),
+    "alda": _fixed_mdm(ALDA, num_aux=False),
+    "malda": _fixed_mdm(MALDA, num_aux=True),
+    "learned": lambda cfg, key: LearnedMDM(cfg.num_aux or 1, key=key),
+}
+"""The multivariate diffusions by the names `process.diffusion` takes; `process.num_aux`
+sets K where the family allows it (0: the family's default)."""
+
+
+def _mdm(
+    cfg: ProcessConfig, shape: tuple[int, ...], key_schedule, key_encoder
+) -> AbstractLinearMDM:
+    return MDM_DIFFUSIONS[cfg.diffusion](cfg, key_schedule)
+
+
 _SCHEDULE_OPTIONS = frozenset({"schedule", "gamma_min", "gamma_max"})
 
 PROCESS_KINDS: Mapping[str, ProcessKind] = {
@@ -179,15 +227,31 @@ PROCESS_KINDS: Mapping[str, ProcessKind] = {
         _SCHEDULE_OPTIONS | {"latent", "latent_size", "encoder"},
         tuple(LATENT_SCHEDULES),
     ),
+    "mdm": ProcessKind(_mdm, frozenset({"diffusion", "num_aux", "times"}), ()),
 }
 """The process kinds by the names `process.kind` takes:
 
 - `vp`: `ad.VP` (VDM) with a scalar schedule;
 - `nonisotropic`: `ad.NonIsotropicVP` with a fixed or learned GFF covariance (NI-DDPM);
-- `mulan`: `ad.MuLAN`, a per-dimension schedule conditioned on a latent.
+- `mulan`: `ad.MuLAN`, a per-dimension schedule conditioned on a latent;
+- `mdm`: a linear multivariate diffusion with auxiliary variables (`ad.CLD`, `ad.ALDA`,
+  `ad.MALDA`, `ad.LearnedMDM`) on its own linear beta schedule.
 """
 
 _ENCODERS = ("conv", "mlp")
+
+
+def _likelihood_times(process: AbstractLinearMDM) -> AbstractTimeSampler:
+    return LikelihoodWeightedTimes(process.beta_min, process.beta_max)
+
+
+TIME_SAMPLERS: Mapping[str, Callable[..., AbstractTimeSampler]] = {
+    "antithetic": lambda process: AntitheticTimes(),
+    "likelihood": _likelihood_times,
+}
+"""The bound's time samplers by the names `process.times` takes, each built for the
+process (the likelihood weighting reads an MDM's own $\beta$; `process.times` is an
+option of `kind=mdm` only, so no other process reaches it)."""
 
 DEQUANTIZATIONS: Mapping[str, AbstractDequantization] = {
     "process": ProcessDequantization(),
@@ -207,7 +271,7 @@ def check_process_config(cfg: ProcessConfig, changed: Iterable[str]) -> None:
             f"Unknown process.kind {cfg.kind!r}; the kinds are: {', '.join(PROCESS_KINDS)}."
         )
     kind = PROCESS_KINDS[cfg.kind]
-    if cfg.schedule not in kind.schedules:
+    if "schedule" in kind.options and cfg.schedule not in kind.schedules:
         raise ValueError(
             f"process.schedule={cfg.schedule!r} is not a schedule of kind={cfg.kind}; "
             f"use one of {', '.join(kind.schedules)}."
@@ -221,6 +285,14 @@ def check_process_config(cfg: ProcessConfig, changed: Iterable[str]) -> None:
             )
     if cfg.latent not in LATENTS:
         raise ValueError(f"Unknown process.latent {cfg.latent!r}; use one of {', '.join(LATENTS)}.")
+    if cfg.diffusion not in MDM_DIFFUSIONS:
+        raise ValueError(
+            f"Unknown process.diffusion {cfg.diffusion!r}; use one of {', '.join(MDM_DIFFUSIONS)}."
+        )
+    if cfg.times not in TIME_SAMPLERS:
+        raise ValueError(
+            f"Unknown process.times {cfg.times!r}; use one of {', '.join(TIME_SAMPLERS)}."
+        )
     if cfg.encoder not in _ENCODERS:
         raise ValueError(
             f"Unknown process.encoder {cfg.encoder!r}; use one of {', '.join(_ENCODERS)}."

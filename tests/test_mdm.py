@@ -1,0 +1,226 @@
+"""Linear multivariate diffusions: the transition kernel, the matrices, the bound, VP as
+K = 0."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.linalg
+
+import adaptive_diffusion as ad
+from adaptive_diffusion._processes import _small_linalg as small_linalg
+
+from .helpers import GaussianMixture, mixture_score
+
+
+MDMS = {
+    "CLD": ad.CLD(),
+    "ALDA": ad.ALDA(),
+    "MALDA": ad.MALDA(num_aux=3),
+    "learned-diag": ad.LearnedMDM(2, key=jax.random.key(0)),
+    "learned-full": ad.LearnedMDM(2, key=jax.random.key(1), full_d=True),
+}
+TIMES = (1e-3, 0.01, 0.1, 0.5, 1.0)
+
+
+def _moments(process, t):
+    """A_t and Sigma_t by integrating dA/dB = -M A and dS/dB = -M S - S M^T + 2D in float64
+    (scipy's adaptive RK45 at rtol 1e-12) over the integrated beta B(t)."""
+    q, d = (np.asarray(m, np.float64) for m in process.matrices())
+    m, n = q + d, q.shape[0]
+
+    def rhs(_, y):
+        a, s = y[: n * n].reshape(n, n), y[n * n :].reshape(n, n)
+        return np.concatenate([(-m @ a).ravel(), (-m @ s - s @ m.T + 2 * d).ravel()])
+
+    y0 = np.concatenate([np.eye(n).ravel(), np.zeros(n * n)])
+    b = float(process.integrated_beta(t))
+    sol = scipy.integrate.solve_ivp(rhs, (0.0, b), y0, rtol=1e-12, atol=1e-15)
+    return sol.y[: n * n, -1].reshape(n, n), sol.y[n * n :, -1].reshape(n, n)
+
+
+@pytest.mark.parametrize("name", MDMS)
+def test_transition_against_the_moment_odes_and_van_loan(name):
+    process = MDMS[name]
+    a0, s0 = process.transition(0.0)
+    n = process.num_aux + 1
+    np.testing.assert_array_equal(a0, np.eye(n))
+    np.testing.assert_array_equal(s0, np.zeros((n, n)))
+    transitions = jax.jit(jax.vmap(process.transition))(jnp.asarray(TIMES))
+    q, d = (np.asarray(m, np.float64) for m in process.matrices())
+    for t, a, sigma in zip(TIMES, *transitions):
+        a_ref, s_ref = _moments(process, t)
+        # float32 throughout: 1e-6 of the largest entry, and 2e-5 relative (the data block
+        # of CLD is O(t^3), 1.5e-12 at t = 1e-3, and is still resolved).
+        np.testing.assert_allclose(a, a_ref, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(sigma, s_ref, rtol=2e-5, atol=1e-6 * np.abs(s_ref).max())
+        assert np.diag(sigma)[0] > 0 and np.allclose(sigma, sigma.T)
+        assert np.min(np.linalg.eigvalsh(np.asarray(sigma, np.float64))) > -1e-7
+        # Van Loan's matrix fraction (the reference's construction), in float64.
+        b = float(process.integrated_beta(t))
+        block = scipy.linalg.expm(np.block([[-(q + d), 2 * d], [np.zeros((n, n)), (q + d).T]]) * b)
+        np.testing.assert_allclose(block[:n, n:] @ a_ref.T, s_ref, atol=1e-9)
+    # The stationary law: Sigma_t = I - A_t A_t^T, and N(0, I) is nearly reached at t = 1.
+    a1, s1 = _moments(process, 1.0)
+    np.testing.assert_allclose(s1, np.eye(n) - a1 @ a1.T, atol=1e-9)
+
+
+def test_defaults_reach_the_prior():
+    # For unit-scale data the gap between q(u_1 | u_0) and N(0, I) is |A_1 u_0|^2 / 2 plus
+    # the covariance's KL: bounded here by its value at |x| = 1, per data coordinate.
+    for name, process in MDMS.items():
+        a, sigma = (np.asarray(m, np.float64) for m in process.transition(1.0))
+        u0 = np.zeros(a.shape[0])
+        u0[0] = 1.0
+        mean = a @ u0
+        k = a.shape[0]
+        kl = 0.5 * (np.trace(sigma) + mean @ mean - k - np.linalg.slogdet(sigma)[1])
+        assert kl < 3e-3, (name, kl)  # measured: 4e-5 (MALDA) to 2.3e-3 (learned, full D)
+
+
+def test_learned_matrices_stay_antisymmetric_and_psd(getkey):
+    for full_d in (False, True):
+        process = ad.LearnedMDM(3, key=getkey(), full_d=full_d)
+        for scale in (1.0, 10.0, 100.0):
+            params, static = eqx.partition(process, eqx.is_inexact_array)
+            noisy = jax.tree.map(lambda p: scale * jax.random.normal(getkey(), p.shape), params)
+            q, d = eqx.combine(noisy, static).matrices()
+            np.testing.assert_allclose(q, -q.T, atol=0)
+            np.testing.assert_allclose(d, d.T, rtol=1e-6)
+            assert jnp.min(jnp.linalg.eigvalsh(d)) >= 0.999e-3 - 1e-6 * scale**2
+    with pytest.raises(ValueError, match="antisymmetric"):
+        ad.LinearMDM([[0.0, 1.0], [1.0, 0.0]], np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        ad.LinearMDM(np.zeros((2, 2)), np.diag([1.0, -1.0]))
+
+
+class _BetaLinear(ad.AbstractSchedule):
+    """VP's gamma(t) = log(e^{B(tau)} - 1) on tau = t_min + (1 - t_min) t: the K = 0 MDM."""
+
+    t_min: float
+
+    def __call__(self, t):
+        tau = self.t_min + (1.0 - self.t_min) * jnp.asarray(t)
+        return jnp.log(jnp.expm1(0.1 * tau + 4.95 * tau**2))
+
+
+def test_vp_is_the_case_without_auxiliary_variables():
+    # du = -beta D u dt + sqrt(2 beta D) dW with D = 1/2 is the VP SDE of beta(t); the
+    # MDM's bound over [t_min, 1] is VP's over [0, 1] with the schedule shifted to match.
+    mdm = ad.LinearMDM([[0.0]], [[0.5]])
+    vp = ad.VP(_BetaLinear(mdm.t_min))
+    shape = (1, 4, 4)
+    weights = jax.random.normal(jax.random.key(0), (16, 16)) / 4
+
+    def net(u, t):  # ignores t, whose scale differs between the two processes
+        return jnp.tanh(weights @ u.reshape(-1)).reshape(u.shape)
+
+    xs = ad.from_levels(jax.random.randint(jax.random.key(1), (8, *shape), 0, 17), 17)
+
+    @jax.jit
+    def both(key):
+        ours = [
+            ad.batch_nelbo(mdm, mdm.denoiser(net), xs, key=key, num_levels=17, num_steps=n)
+            for n in (None, 10)
+        ]
+        theirs = [
+            ad.batch_nelbo(vp, net, xs, key=key, num_levels=17, num_steps=n) for n in (None, 10)
+        ]
+        return ours, theirs
+
+    for ours, theirs in zip(*both(jax.random.key(2))):
+        for field in ("diffusion", "prior", "reconstruction"):
+            # The same draws; float32 differences in how the two compute their scales.
+            np.testing.assert_allclose(
+                getattr(ours, field), getattr(theirs, field), rtol=2e-4, atol=1e-6
+            )
+        np.testing.assert_array_equal(ours.auxiliary, 0.0)
+
+
+NUM_LEVELS = 4
+
+
+def test_bound_holds_for_the_optimal_score(getkey):
+    # P over the 4 x 4 bins of [-1, 1]^2; u_0 = (x, v_0) with v_0 ~ N(0, s^2): a mixture
+    # over the joint state whose marginals (and exact score) the helpers compute.
+    k = jnp.arange(NUM_LEVELS)
+    points = ad.from_levels(jnp.stack(jnp.meshgrid(k, k, indexing="ij"), -1).reshape(-1, 2), 4)
+    cov = jnp.array([[0.4, 0.2], [0.2, 0.5]])
+    log_probs = jax.nn.log_softmax(-0.5 * jnp.sum(points @ jnp.linalg.inv(cov) * points, 1))
+    num = 512
+    weights = jnp.exp(log_probs)
+    entropy = -weights @ log_probs / (2 * math.log(2))
+    for process in (ad.CLD(), ad.LearnedMDM(2, key=getkey())):
+        n = process.num_aux + 1
+        s2 = process.aux_variance
+        means = jnp.concatenate([points, jnp.zeros((16, 2 * (n - 1)))], 1)
+        block = jnp.diag(jnp.concatenate([jnp.zeros(2), s2 * jnp.ones(2 * (n - 1))]))
+        atoms = GaussianMixture(
+            log_probs, means, jnp.broadcast_to(block, (16, 2 * n, 2 * n)), (n, 2)
+        )
+        score = mixture_score(process, atoms)
+
+        def model(u, t, score=score, process=process):
+            return process.eps_from_score(u, t, score(u, t))
+
+        @jax.jit
+        def totals(key, process=process, model=model):
+            def per_point(x, key):
+                xs = jnp.broadcast_to(x, (num, 2))
+                return ad.batch_nelbo(process, model, xs, key=key, num_levels=NUM_LEVELS).total
+
+            return jax.vmap(per_point)(points, jax.random.split(key, 16))
+
+        draws = totals(getkey())
+        bound = weights @ jnp.mean(draws, 1)
+        stderr = jnp.sqrt(weights**2 @ (jnp.var(draws, 1) / num))
+        # A bound on -log2 P / D within 4 standard errors, and close to it: the decoder of
+        # v_0 ignores the score at t_min, and the prior and the x decoder cost ~1e-3 bits.
+        assert bound >= entropy - 4 * stderr, type(process).__name__
+        assert bound - entropy < 0.1 + 4 * stderr, (type(process).__name__, bound, entropy)
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_small_linalg_against_lapack(n):
+    # The unrolled, LAPACK-free factorisations of the MDM's (K+1) x (K+1) matrices agree
+    # with LAPACK to float32 rounding (a few ulps times the condition number, here < 100).
+    rng = np.random.default_rng(n)
+    b = jnp.asarray(rng.normal(size=(n, n)), jnp.float32)
+    spd = b @ b.T + 0.5 * jnp.eye(n)
+    general = b + 0.1 * jnp.eye(n)
+    swap = jnp.roll(jnp.eye(n), 1, axis=0)  # pivoting: a zero leading entry
+
+    @jax.jit
+    def ours(spd, general, swap):
+        chol = small_linalg.cholesky(spd)
+        grad = jax.grad(lambda a: jnp.sum(jnp.sin(small_linalg.inverse(a))))(general)
+        return (
+            chol,
+            small_linalg.triangular_inverse(chol),
+            small_linalg.spd_inverse(spd),
+            small_linalg.inverse(general),
+            small_linalg.inverse(swap),
+            grad,
+        )
+
+    chol, inv_chol, inv_spd, inv, inv_swap, grad = ours(spd, general, swap)
+    np.testing.assert_allclose(chol, np.linalg.cholesky(spd), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(inv_chol, np.linalg.inv(np.asarray(chol)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(inv_spd, np.linalg.inv(spd), atol=1e-3)
+    np.testing.assert_allclose(inv, np.linalg.inv(general), atol=2e-4)
+    np.testing.assert_allclose(inv_swap, swap.T, atol=1e-7)
+    # Gradients as LAPACK's.
+    expected = jax.grad(lambda a: jnp.sum(jnp.sin(jnp.linalg.inv(a))))(general)
+    np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_small_cholesky_of_a_singular_psd_matrix():
+    # CLD's 2D = diag(0, 2): a zero pivot gives a zero column, and L L^T = m still.
+    m = jnp.array([[0.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 1.0, 3.0]])
+    chol = small_linalg.cholesky(m)
+    np.testing.assert_allclose(chol @ chol.T, m, atol=1e-6)
+    assert np.all(np.isfinite(chol)) and np.all(chol[:, 0] == 0.0)
