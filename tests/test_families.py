@@ -43,7 +43,8 @@ def _mulan():
 
 
 # DiagonalVP is here through MuLAN, the DiagonalVP of its latent (and in test_processes.py
-# and test_likelihood.py on its own).
+# and test_likelihood.py on its own); a learned MDM through CLD, which differs from it only
+# in its matrices (its ODE likelihood and bound are in test_mdm.py).
 FAMILIES = {
     "VP": ad.VP(LINEAR),
     "NonIsotropicVP": ad.NonIsotropicVP(LINEAR, GFF),
@@ -52,7 +53,6 @@ FAMILIES = {
     ),
     "MuLAN": _mulan(),
     "CLD": ad.CLD(beta_max=40.0),
-    "LearnedMDM": ad.LearnedMDM(2, key=jax.random.key(5), beta_max=40.0),
 }
 
 SAMPLERS = {

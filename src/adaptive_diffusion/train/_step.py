@@ -104,7 +104,7 @@ def make_train_step(
     mesh: Mesh,
     *,
     ema_decay: float = 0.999,
-) -> Callable[[TrainState, PyTree], tuple[TrainState, dict[str, Array]]]:
+) -> "TrainStep":
     r"""The jitted training step `step(state, batch) -> (state, metrics)`.
 
     One step: a fresh key from `state.key`; the loss and its gradient with respect to
@@ -182,10 +182,23 @@ def make_train_step(
         }
         return new_state, metrics
 
-    def step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, Array]]:
-        return _step(batch, state)
+    return TrainStep(_step)
 
-    return step
+
+class TrainStep:
+    """The step of `make_train_step`: `step(state, batch) -> (state, metrics)`, and
+    `step.lower(state, batch)`, the step lowered for those arguments (an Equinox
+    `Lowered`: `.as_text()` is the HLO, `.compile().compiled.memory_analysis()` XLA's
+    memory figures)."""
+
+    def __init__(self, jitted: Any):
+        self._jitted = jitted
+
+    def __call__(self, state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, Array]]:
+        return self._jitted(batch, state)
+
+    def lower(self, state: TrainState, batch: PyTree):
+        return self._jitted.lower(batch, state)
 
 
 def check_nonfinite(state: TrainState, max_consecutive: int) -> None:
