@@ -29,6 +29,7 @@ from ._custom_types import Data, Noise, State, Time
 from ._discrete import check_discrete, check_discrete_eagerly
 from ._parameterizations import AbstractParameterization, as_parameterization
 from ._processes import AbstractLinearGaussianProcess, AbstractProcess, require_capability
+from ._schedules import linear_beta, linear_beta_integral
 
 
 class NELBO(eqx.Module):
@@ -137,7 +138,19 @@ class AntitheticTimes(AbstractTimeSampler):
         return _grid_step(uniform, num_steps)
 
 
-class ArcLengthTimes(AbstractTimeSampler):
+class AbstractContinuousTimeSampler(AbstractTimeSampler):
+    """An importance sampler of the continuous-time bound only: it has no $T$-step form."""
+
+    def on_grid(
+        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time, num_steps: int
+    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        raise ValueError(
+            f"{type(self).__name__} weights the continuous-time bound; use num_steps=None, "
+            "or UniformTimes / AntitheticTimes for the T-step bound."
+        )
+
+
+class ArcLengthTimes(AbstractContinuousTimeSampler):
     r"""Times spread by the arc length of the example's own schedule, importance-weighted.
 
     With the speed $\ell(t) = \lVert \gamma'(t) \rVert_2$ of the process's log-SNR
@@ -182,16 +195,8 @@ class ArcLengthTimes(AbstractTimeSampler):
         t = jnp.clip(grid[j] + width * (target - cdf[j]) / mass, 0.0, 1.0)
         return t, cdf[-1] * width / mass
 
-    def on_grid(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time, num_steps: int
-    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
-        raise ValueError(
-            "ArcLengthTimes weights the continuous-time bound; use num_steps=None, or "
-            "UniformTimes / AntitheticTimes for the T-step bound."
-        )
 
-
-class LikelihoodWeightedTimes(AbstractTimeSampler):
+class LikelihoodWeightedTimes(AbstractContinuousTimeSampler):
     r"""Times importance-sampled by the likelihood weighting of VP with a linear $\beta$
     (Song et al. 2021; the MDM reference code samples the times of every MDM so): the
     density on the process's $[t_{\min}, 1]$ is proportional to
@@ -223,12 +228,9 @@ class LikelihoodWeightedTimes(AbstractTimeSampler):
     def uniforms(self, key: PRNGKeyArray, batch_size: int) -> Float[Array, " batch"]:
         return self.base.uniforms(key, batch_size)
 
-    def _integrated(self, t: Float[Array, ""]) -> Float[Array, ""]:
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
-
     def log_weighting(self, t: Time) -> Float[Array, ""]:
         r"""$\rho(t) = \log(e^{B(t)} - 1)$, whose derivative is the density (unnormalised)."""
-        return jnp.log(jnp.expm1(self._integrated(jnp.asarray(t, jnp.result_type(float)))))
+        return jnp.log(jnp.expm1(linear_beta_integral(self.beta_min, self.beta_max, t)))
 
     def __call__(
         self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time
@@ -246,18 +248,10 @@ class LikelihoodWeightedTimes(AbstractTimeSampler):
         # that neither cancels nor divides by beta_max - beta_min.
         root = jnp.sqrt(self.beta_min**2 + 2.0 * (self.beta_max - self.beta_min) * b)
         t = jnp.clip(2.0 * b / (self.beta_min + root), t_min, 1.0)
-        beta = self.beta_min + t * (self.beta_max - self.beta_min)
-        rate = beta / -jnp.expm1(-self._integrated(t))
+        beta = linear_beta(self.beta_min, self.beta_max, t)
+        rate = beta / -jnp.expm1(-linear_beta_integral(self.beta_min, self.beta_max, t))
         unit = (t - t_min) / (1.0 - t_min)
         return unit, (high - low) / ((1.0 - t_min) * rate)
-
-    def on_grid(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time, num_steps: int
-    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
-        raise ValueError(
-            "LikelihoodWeightedTimes weights the continuous-time bound; use num_steps=None, "
-            "or UniformTimes / AntitheticTimes for the T-step bound."
-        )
 
 
 # The auxiliary draw has a stream of its own, so that every other draw of the bound is

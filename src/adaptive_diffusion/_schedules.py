@@ -55,6 +55,18 @@ def alpha_sigma(gamma: Gamma) -> tuple[Gamma, Gamma]:
     return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
 
 
+def linear_beta(beta_min: float, beta_max: float, t: Time) -> Float[Array, ""]:
+    r"""The linear noise rate $\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})$ of
+    score_sde's VP SDE and of the MDMs."""
+    return beta_min + jnp.asarray(t, dtype=jnp.result_type(float)) * (beta_max - beta_min)
+
+
+def linear_beta_integral(beta_min: float, beta_max: float, t: Time) -> Float[Array, ""]:
+    r"""$B(t) = \int_0^t \beta = \beta_{\min} t + \tfrac12(\beta_{\max} - \beta_{\min}) t^2$."""
+    t = jnp.asarray(t, dtype=jnp.result_type(float))
+    return beta_min * t + 0.5 * (beta_max - beta_min) * t**2
+
+
 def _check_endpoints(name: str, gamma_min: float, gamma_max: float):
     if not gamma_min < gamma_max:
         raise ValueError(f"{name} needs gamma_min < gamma_max, got {gamma_min} and {gamma_max}.")

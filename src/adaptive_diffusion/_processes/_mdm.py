@@ -44,6 +44,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._custom_types import Data, Gamma, Time
 from .._discrete import discretized_gaussian_nll, to_levels
+from .._schedules import linear_beta, linear_beta_integral
 from ._base import AbstractSDEProcess, InitialState
 from ._small_linalg import cholesky, inverse, spd_inverse, triangular_inverse
 
@@ -118,12 +119,11 @@ class AbstractLinearMDM(AbstractSDEProcess):
         return self.time_min
 
     def beta(self, t: Time) -> Float[Array, ""]:
-        return self.beta_min + jnp.asarray(t) * (self.beta_max - self.beta_min)
+        return linear_beta(self.beta_min, self.beta_max, t)
 
     def integrated_beta(self, t: Time) -> Float[Array, ""]:
         r"""$B(t) = \beta_{\min} t + \tfrac12(\beta_{\max} - \beta_{\min}) t^2$."""
-        t = jnp.asarray(t, dtype=jnp.result_type(float))
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+        return linear_beta_integral(self.beta_min, self.beta_max, t)
 
     def _between(self, s: Time, t: Time) -> tuple[Matrix, Matrix]:
         """The kernel of $u_t$ given $u_s$, $s \\le t$."""
