@@ -98,6 +98,35 @@ def test_learned_matrices_stay_antisymmetric_and_psd(getkey):
         ad.LinearMDM(np.zeros((2, 2)), np.diag([1.0, -1.0]))
 
 
+def test_gamma_min_sets_where_the_bound_starts():
+    # The float64 solver inverts the process's own float32 gamma (Taylor series and
+    # doublings): to 1e-5 relative in t, and gamma(t_min) to 1e-3 (float32's log of a
+    # data block as small as 1e-12).
+    def gamma(process, t):  # the state is not read: one kernel for every u
+        return float(process.gamma(jnp.zeros((process.num_aux + 1, 1)), t))
+
+    for factory in (ad.CLD, ad.ALDA, ad.MALDA):
+        for gamma_min in (-27.0, -8.0):
+            process = factory(gamma_min=gamma_min)
+            assert gamma(process, process.t_min) == pytest.approx(gamma_min, abs=1e-3)
+            q, d = process.matrices()
+            t = process.t_min * 1.01
+            again = ad.time_min_for_gamma(
+                q, d, process.beta_min, process.beta_max, gamma(process, t)
+            )
+            assert again == pytest.approx(t, rel=1e-5)
+    # The reference's t_min = 1e-3 is the default; CLD's data is then at gamma = -27.2.
+    assert ad.CLD().t_min == 1e-3
+    assert gamma(ad.CLD(), 1e-3) == pytest.approx(-27.2, abs=0.05)
+    learned = ad.LearnedMDM(1, key=jax.random.key(0), gamma_min=-8.0)
+    # Solved for the initial matrices without their random part (0.1-scale): near -8.
+    assert gamma(learned, learned.t_min) == pytest.approx(-8.0, abs=0.5)
+    with pytest.raises(ValueError, match="not both"):
+        ad.CLD(time_min=1e-2, gamma_min=-8.0)
+    with pytest.raises(ValueError, match="outside the data's negative log-SNR range"):
+        ad.CLD(gamma_min=12.0)
+
+
 class _BetaLinear(ad.AbstractSchedule):
     """VP's gamma(t) = log(e^{B(tau)} - 1) on tau = t_min + (1 - t_min) t: the K = 0 MDM."""
 
@@ -201,6 +230,36 @@ def test_bound_holds_for_the_optimal_score(getkey):
         # v_0 ignores the score at t_min, and the prior and the x decoder cost ~1e-3 bits.
         assert bound >= entropy - 4 * stderr, type(process).__name__
         assert bound - entropy < 0.1 + 4 * stderr, (type(process).__name__, bound, entropy)
+
+
+def test_decoder_of_v0_is_the_exact_posterior():
+    # CLD, one data coordinate: given x and z = u_{t_min}, the model's p(v_0 | x, z) must be
+    # the Gaussian posterior of v_0 ~ N(0, s^2) under z = A (x, v_0) + L eps, computed here
+    # in float64 by conditioning the joint Gaussian; the x term is VDM's discretised decoder
+    # on the marginal of x given z alone. Float32 kernel and conditioning: 1e-4 relative
+    # at gamma_min = -9.5; at -27 (the reference's t_min = 1e-3) the data block of Sigma is
+    # 1e-12 and float32's conditioning on it costs 1e-3 relative (measured 7.7e-4).
+    from adaptive_diffusion._discrete import discretized_gaussian_nll
+
+    for gamma_min, rtol in ((-27.0, 1.5e-3), (-9.5, 1e-4)):
+        process = ad.CLD(gamma_min=gamma_min)
+        a, sigma = (np.asarray(m, np.float64) for m in process.transition(process.t_min))
+        s2 = process.aux_variance
+        x, v0 = 0.375, 0.07
+        z = a @ np.array([x, v0]) + np.linalg.cholesky(sigma) @ np.array([0.3, -1.2])
+        precision = np.linalg.inv(sigma)
+        tau2 = 1.0 / (1.0 / s2 + a[:, 1] @ precision @ a[:, 1])
+        mu = tau2 * a[:, 1] @ precision @ (z - a[:, 0] * x)
+        v_nll = 0.5 * (v0 - mu) ** 2 / tau2 + 0.5 * math.log(2 * math.pi * tau2)
+        inv_a = np.linalg.inv(a)
+        cov = inv_a @ sigma @ inv_a.T
+        x_nll = discretized_gaussian_nll(
+            jnp.float32(x), jnp.float32((inv_a @ z)[0]), jnp.float32(math.sqrt(cov[0, 0])), 17
+        )
+        u = jnp.asarray(z, jnp.float32).reshape(2, 1)
+        u0 = jnp.array([[x], [v0]], jnp.float32)
+        got = process.decoder_nll(u, u0, 17)
+        np.testing.assert_allclose(got, float(x_nll) + v_nll, rtol=rtol)
 
 
 @pytest.mark.parametrize("n", [2, 5])

@@ -94,6 +94,7 @@ from ._processes import (
     NonIsotropicVP as NonIsotropicVP,
     StackedDenoiser as StackedDenoiser,
     require_capability as require_capability,
+    time_min_for_gamma as time_min_for_gamma,
 )
 from ._sampling import (
     AbstractAncestralVariance as AbstractAncestralVariance,

@@ -215,8 +215,10 @@ class SumOfGammaPerturbation(AbstractPerturbation):
     above. Either is a valid perturbation for the bound (the latent term of `TopKLatent`
     does not depend on it); this one follows the paper MuLAN cites.
 
-    The Gamma draws are exact and vectorised (`_gamma.gamma`, Marsaglia–Tsang with the
-    rejected entries redrawn compacted), 14x faster than `jax.random.gamma` here.
+    The Gamma draws are exact and vectorised (`_gamma.gamma`: Ahrens–Dieter GS with the
+    rejected entries redrawn compacted): per digits batch of 128 (64,000 draws, vmapped)
+    2.7 ms on 2 CPU cores, against 43.5 ms for `jax.random.gamma` and 0.6 ms for as many
+    Gumbel draws (`python benchmarks/gamma_draws.py`).
 
     **Arguments:** `tau` (the reference's `gamma_tau` = 10) and `num_terms` $s$ (10).
     """

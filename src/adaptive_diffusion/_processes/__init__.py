@@ -14,6 +14,7 @@ from ._mdm import (
     LearnedMDM as LearnedMDM,
     LinearMDM as LinearMDM,
     StackedDenoiser as StackedDenoiser,
+    time_min_for_gamma as time_min_for_gamma,
 )
 from ._mulan import (
     LatentDenoiser as LatentDenoiser,

@@ -39,7 +39,9 @@ class ProcessConfig:
       `"mulan"`, that network conditioned on $z$ with one output per dimension), or
       `"polynomial"` (`"mulan"` only: MuLAN's degree-5 polynomial per dimension).
     - `gamma_min`, `gamma_max`: the endpoints $\gamma(0)$ and $\gamma(1)$ of the
-      negative log-SNR.
+      negative log-SNR. For `"mdm"`, `gamma_min` is the data coordinate's negative log-SNR
+      where the bound starts, which fixes its $t_{\min}$ (`ad.time_min_for_gamma`); the
+      end at $t = 1$ is the diffusion's own.
     - `parameterization`: what the network predicts: `"eps"` (the noise), `"x"` (the
       data) or `"v"` (the velocity).
     - `power`: the GFF's spectral power $p$, $s(k) \propto \lvert k\rvert^{-2p}$

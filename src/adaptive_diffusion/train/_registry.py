@@ -192,7 +192,8 @@ def _fixed_mdm(factory: Callable[..., AbstractLinearMDM], num_aux: bool) -> Call
                 f"process.diffusion={cfg.diffusion} has a fixed number of variables; "
                 "set process.num_aux=0."
             )
-        return factory(num_aux=cfg.num_aux) if cfg.num_aux else factory()
+        sizes = {"num_aux": cfg.num_aux} if cfg.num_aux else {}
+        return factory(gamma_min=cfg.gamma_min, **sizes)
 
     return build
 
@@ -201,10 +202,11 @@ MDM_DIFFUSIONS: Mapping[str, Callable[[ProcessConfig, PRNGKeyArray], AbstractLin
     "cld": _fixed_mdm(CLD, num_aux=False),
     "alda": _fixed_mdm(ALDA, num_aux=False),
     "malda": _fixed_mdm(MALDA, num_aux=True),
-    "learned": lambda cfg, key: LearnedMDM(cfg.num_aux or 1, key=key),
+    "learned": lambda cfg, key: LearnedMDM(cfg.num_aux or 1, key=key, gamma_min=cfg.gamma_min),
 }
 """The multivariate diffusions by the names `process.diffusion` takes; `process.num_aux`
-sets K where the family allows it (0: the family's default)."""
+sets K where the family allows it (0: the family's default), and `process.gamma_min` the
+data's negative log-SNR where the bound starts (its t_min)."""
 
 
 def _mdm(
@@ -227,7 +229,7 @@ PROCESS_KINDS: Mapping[str, ProcessKind] = {
         _SCHEDULE_OPTIONS | {"latent", "latent_size", "encoder"},
         tuple(LATENT_SCHEDULES),
     ),
-    "mdm": ProcessKind(_mdm, frozenset({"diffusion", "num_aux", "times"}), ()),
+    "mdm": ProcessKind(_mdm, frozenset({"diffusion", "num_aux", "times", "gamma_min"}), ()),
 }
 """The process kinds by the names `process.kind` takes:
 
