@@ -11,14 +11,12 @@ Prints a table and writes JSON (`--out`).
 """
 
 import argparse
-import json
-import pathlib
-import platform
 import statistics
 import time
 
 import jax
 
+from _report import machine, write_report
 from adaptive_diffusion import SumOfGammaPerturbation
 
 
@@ -57,17 +55,7 @@ def main() -> None:
         median = statistics.median(values)
         print(f"{name:<30} {median:>7.2f}")
         rows.append({"draws": name, "ms": values, "ms_median": median})
-    meta = {
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "rounds": args.rounds,
-    }
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, {"meta": {**machine(), "rounds": args.rounds}, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ Prints a table and writes JSON (`--out`).
 """
 
 import argparse
-import json
-import pathlib
-import platform
 import statistics
 import time
 
 import jax
 import numpy as np
 
+from _report import machine, write_report
 from adaptive_diffusion import train
 from adaptive_diffusion.data import DigitsSource, image_pipeline
 
@@ -131,18 +129,12 @@ def main() -> None:
             }
         )
     meta = {
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **machine(),
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "batch": 128,
     }
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, {"meta": meta, "rows": results})
 
 
 if __name__ == "__main__":

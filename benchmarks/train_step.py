@@ -30,10 +30,7 @@ Prints a table and writes JSON.
 """
 
 import argparse
-import json
 import os
-import pathlib
-import platform
 import statistics
 import time
 
@@ -45,6 +42,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 import adaptive_diffusion as ad
+from _report import machine, write_report
 from adaptive_diffusion import train
 from adaptive_diffusion.nn import UNet, fourier_features, sinusoidal_embedding
 
@@ -341,16 +339,10 @@ def main() -> None:
         "load_average_start": load_start,
         "load_average_end": os.getloadavg(),
         "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **machine(),
     }
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"meta": meta, "steps": rows, "compile": compile_rows, "memory": memory_rows}
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

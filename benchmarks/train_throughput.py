@@ -17,16 +17,15 @@ Prints a table and writes JSON.
 """
 
 import argparse
-import json
 import pathlib
 import pickle
-import platform
 import tempfile
 import time
 
 import jax
 import numpy as np
 
+from _report import machine, write_report
 from adaptive_diffusion import train
 from adaptive_diffusion.data import CIFAR10Source, DigitsSource, image_pipeline
 
@@ -130,16 +129,7 @@ def main() -> None:
                 "loader_images_per_s": loader_rate(cifar, 128, 50),
             }
         )
-    meta = {
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, {"meta": machine(), "rows": rows})
 
 
 if __name__ == "__main__":
