@@ -18,6 +18,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def peak_bytes(compiled) -> int:
+    """XLA's peak memory of a compiled program (`jax.stages.Compiled`): arguments, outputs
+    and temporaries, less the donated aliases."""
+    stats = compiled.memory_analysis()
+    return int(
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+
+
 def write_report(path: str | pathlib.Path, report: dict[str, Any]) -> None:
     """Write `report` as indented JSON to `path` (creating its folder) and say so."""
     out = pathlib.Path(path)

@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from _report import machine, write_report
+from _report import machine, peak_bytes, write_report
 from adaptive_diffusion import train
 from adaptive_diffusion.data import DigitsSource, image_pipeline
 
@@ -61,14 +61,7 @@ class Step:
         return 1e3 * (time.perf_counter() - start) / steps
 
     def peak_bytes(self) -> int:
-        compiled = self.step.lower(self.state, self.batch).compile().compiled  # jax's own
-        stats = compiled.memory_analysis()
-        return int(
-            stats.argument_size_in_bytes
-            + stats.output_size_in_bytes
-            + stats.temp_size_in_bytes
-            - stats.alias_size_in_bytes
-        )
+        return peak_bytes(self.step.lower(self.state, self.batch).compile().compiled)
 
 
 def main() -> None:

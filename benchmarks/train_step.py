@@ -42,7 +42,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 import adaptive_diffusion as ad
-from _report import machine, write_report
+from _report import machine, peak_bytes, write_report
 from adaptive_diffusion import train
 from adaptive_diffusion.nn import UNet, fourier_features, sinusoidal_embedding
 
@@ -259,16 +259,6 @@ def compiled_step(config, model, batch_size: int):
     start = time.perf_counter()
     compiled = jax.jit(on_arrays, donate_argnums=0).lower(arrays, batch).compile()
     return compiled, time.perf_counter() - start
-
-
-def peak_bytes(compiled) -> int:
-    m = compiled.memory_analysis()
-    return (
-        m.argument_size_in_bytes
-        + m.output_size_in_bytes
-        + m.temp_size_in_bytes
-        - m.alias_size_in_bytes
-    )
 
 
 def main() -> None:
