@@ -227,7 +227,11 @@ class SumOfGammaPerturbation(AbstractPerturbation):
     num_terms: int = eqx.field(default=10, static=True)
 
     def __call__(self, key: PRNGKeyArray, shape: tuple[int, ...], k: int) -> Float[Array, "..."]:
-        gammas = gamma(key, 1.0 / k, (self.num_terms, *shape))
+        return self.combine(gamma(key, 1.0 / k, (self.num_terms, *shape)), k)
+
+    def combine(self, gammas: Float[Array, "terms ..."], k: int) -> Float[Array, "..."]:
+        r"""The noise from `num_terms` draws $G_i \sim \operatorname{Gamma}(1/k, 1)$ stacked
+        on the leading axis: $\frac{\tau}{k}(\sum_i \frac{k}{i} G_i - \log s)$."""
         scales = k / jnp.arange(1, self.num_terms + 1, dtype=gammas.dtype)
         total = jnp.tensordot(scales, gammas, axes=1)
         return self.tau / k * (total - math.log(self.num_terms))
