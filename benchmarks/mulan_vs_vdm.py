@@ -2,11 +2,13 @@
 
 For each seed, two runs of the training job differ only in the process: `digits.yaml`
 (VDM: a scalar VP process with the learned monotone schedule) and the same config with
-`process.kind=mulan` (`digits_mulan.yaml`'s process: MuLAN's per-pixel polynomial schedule
-conditioned on the top-k latent, with an MLP encoder). Denoiser (the MLP, width 256, depth
-3; MuLAN's sees twice the channels and the latent), optimiser, batch, steps and seed are
-the same. On `--data patches` both train on 8 x 8 RGB patches of scikit-learn's sample
-photos (256 levels) instead of the digits (17 levels).
+`process.kind=mulan` (MuLAN's per-pixel polynomial schedule conditioned on a categorical
+latent of 8 categories, `digits_mulan.yaml`'s, with an MLP encoder). Both learn their
+two endpoints, and both denoisers (the MLP, width 256, depth 3, with the input's Fourier
+features matched to the data's bins; MuLAN's sees twice the channels and the latent) are
+the same, as are the optimiser, batch, steps and seed; `--models` adds the ablations
+(see `MODELS`). On `--data patches` both train on 8 x 8 RGB patches of scikit-learn's
+sample photos (256 levels) instead of the digits (17 levels).
 
 Each trained EMA model is evaluated on the held-out split with the same settings:
 
@@ -50,23 +52,33 @@ from adaptive_diffusion.train import (
 )
 
 
+_VDM = ["process.kind=vp", "process.schedule=learned", "process.endpoints=learned"]
+_MULAN = [
+    "process.kind=mulan",
+    "process.schedule=polynomial",
+    "process.encoder=mlp",
+    "process.latent=categorical",
+    "process.latent_size=8",
+    "process.endpoints=learned",
+]
 MODELS = {
-    "vdm": ["process.kind=vp", "process.schedule=learned"],
-    "mulan": [
-        "process.kind=mulan",
-        "process.schedule=polynomial",
-        "process.latent=topk",
-        "process.encoder=mlp",
-    ],
-    # Ablations: MuLAN's learned per-pixel schedule without the latent, and MuLAN with
-    # VDM's monotone network (conditioned on z) in place of the polynomial.
-    "mulan_nolatent": ["process.kind=mulan", "process.schedule=polynomial", "process.latent=none"],
-    "mulan_monotone": [
-        "process.kind=mulan",
-        "process.schedule=learned",
-        "process.latent=topk",
-        "process.encoder=mlp",
-    ],
+    # The comparison: both learn their schedule's two endpoints (VDM's `LearnedSchedule`
+    # always has; MuLAN's shared learned endpoints are a departure from its reference),
+    # and both denoisers get the input's Fourier features matched to the data's bins.
+    # MuLAN's latent is `digits_mulan.yaml`'s: categorical, 8 categories.
+    "vdm": _VDM,
+    "mulan": _MULAN,
+    # Ablations, each one change (later overrides win): the reference's top-k latent
+    # (50 units, 15 hot); fixed endpoints (the reference's `poly_fixedend`, VDM's
+    # schedule with its ends pinned); no latent (a learned per-pixel schedule); VDM's
+    # monotone network (conditioned on z) in place of the polynomial; no Fourier features.
+    "mulan_topk": [*_MULAN, "process.latent=topk", "process.latent_size=0"],
+    "mulan_fixed": [*_MULAN, "process.endpoints=fixed"],
+    "vdm_fixed": [*_VDM, "process.endpoints=fixed"],
+    "mulan_nolatent": [*_MULAN, "process.latent=none", "process.latent_size=0"],
+    "mulan_monotone": [*_MULAN, "process.schedule=learned"],
+    "mulan_nofourier": [*_MULAN, "network.fourier=none"],
+    "vdm_nofourier": [*_VDM, "network.fourier=none"],
 }
 DATA = {
     "digits": [],

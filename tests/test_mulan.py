@@ -117,6 +117,40 @@ def test_schedule_networks_give_monotone_schedules_per_latent(getkey):
         assert not jnp.allclose(g1, g2)
 
 
+@pytest.mark.parametrize("family", [ad.PolynomialScheduleNetwork, ad.MonotoneScheduleNetwork])
+def test_learned_endpoints_are_attained_exactly_per_pixel(family, getkey):
+    shape = (1, 4, 4)
+    ts = jnp.linspace(0.0, 1.0, 101)
+    net = family(3, shape, key=getkey(), gamma_min=-13.3, gamma_max=5.0, learn_endpoints=True)
+    assert isinstance(net.endpoints, ad.LearnedEndpoints)
+    # Move the endpoints (as training does) to [-6.5, 7.0]: softplus(raw) = 13.5.
+    moved = eqx.tree_at(
+        lambda n: (n.endpoints.gamma_0, n.endpoints.raw_width),
+        net,
+        (jnp.asarray(-6.5), jnp.asarray(13.5 + np.log(-np.expm1(-13.5)))),
+    )
+    lo, hi = (float(g) for g in moved.endpoints())
+    np.testing.assert_allclose([lo, hi], [-6.5, 7.0], rtol=1e-6)
+    z1, z2 = jax.random.normal(getkey(), (2, 3))
+    for z in (z1, z2):
+        gammas = jax.jit(lambda n, z: jax.vmap(n(z))(ts))(moved, z)
+        # Every pixel starts and ends exactly at the shared learned endpoints (the
+        # polynomial's ratio is exactly 0 and 1 there; the monotone network's ratio, a
+        # quotient of separately compiled differences, is 1 to a few float32 ulp, 6e-8
+        # each, times the width 13.5: 8 ulp is 6.5e-6).
+        atol = 0.0 if family is ad.PolynomialScheduleNetwork else 6.5e-6
+        np.testing.assert_allclose(gammas[0], lo, rtol=0, atol=atol)
+        np.testing.assert_allclose(gammas[-1], hi, rtol=0, atol=atol)
+        assert jnp.all(jnp.diff(gammas, axis=0) >= 0.0)
+    # The endpoints get gradients from a loss on the schedule (they are parameters).
+    grads = jax.grad(lambda n: jnp.sum(n(z1)(0.0)) + 2 * jnp.sum(n(z1)(0.5)))(moved)
+    assert grads.endpoints.gamma_0 != 0 and grads.endpoints.raw_width != 0
+    # Fixed endpoints (the default, as the reference): no parameters.
+    fixed = family(3, shape, key=getkey(), gamma_min=-13.3, gamma_max=5.0)
+    assert isinstance(fixed.endpoints, ad.FixedEndpoints)
+    assert len(jax.tree.leaves(fixed)) == len(jax.tree.leaves(net)) - 2
+
+
 def test_condition_differs_across_latents_and_pixels(getkey):
     shape = (1, 4, 4)
     x = ad.from_levels(jax.random.randint(getkey(), shape, 0, 17), 17)

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from adaptive_diffusion.nn import MLPDenoiser, UNet, fourier_features, sinusoidal_embedding
+from adaptive_diffusion.nn import (
+    MLPDenoiser,
+    UNet,
+    fourier_features,
+    matched_fourier_exponents,
+    sinusoidal_embedding,
+)
 
 
 # Keep this file fast on a CPU: on XLA:CPU every new parameter shape costs a compile of the
@@ -286,3 +292,53 @@ def test_fourier_features():
     expected = np.concatenate([np.sin(args), np.cos(args)])
     np.testing.assert_allclose(f[:, 0], expected, atol=1e-5)
     assert fourier_features(jnp.asarray(x), ()).shape == (0, 1)
+
+
+def test_mlp_fourier_features_reach_the_network():
+    shape = (1, 4, 4)
+    model = MLPDenoiser(shape, key=_key(3), width=32, depth=1, fourier_exponents=(6, 7))
+    # The lift sees the 16 pixels and their 2 x 2 x 16 sines and cosines.
+    assert model.lift.weight.shape == (32, 16 * 5)
+    model = _perturb(model, 22)
+    # With the weights on the raw pixels zeroed, the network sees x only through the
+    # features, whose periods are 1/64 and 1/128: a shift by 1/64 leaves the output
+    # unchanged (to float32 rounding of sin at |arg| < 2 pi 128), one by 1/256 does not.
+    model = eqx.tree_at(lambda m: m.lift.weight, model, model.lift.weight.at[:, :16].set(0.0))
+    x, t = _inputs(shape)
+    out = _forward(model, x, t, None)
+    np.testing.assert_allclose(_forward(model, x + 1 / 64, t, None), out, atol=1e-4)
+    assert not np.allclose(_forward(model, x + 1 / 256, t, None), out, atol=1e-3)
+    # Without features the raw-pixel weights are all there is.
+    plain = MLPDenoiser(shape, key=_key(3), width=32, depth=1)
+    assert plain.lift.weight.shape == (32, 16)
+    # Features of the leading channel only (the data, before MuLAN's log-SNR channel):
+    # the other channel's shift by 1/64 now changes the output.
+    two = MLPDenoiser(
+        (2, 4, 4), key=_key(4), width=32, depth=1, fourier_exponents=(6, 7), fourier_channels=1
+    )
+    assert two.lift.weight.shape == (32, 32 + 4 * 16)
+    two = _perturb(two, 23)
+    two = eqx.tree_at(lambda m: m.lift.weight, two, two.lift.weight.at[:, :16].set(0.0))
+    x2, t2 = _inputs((2, 4, 4))
+    out2 = _forward(two, x2, t2, None)
+    np.testing.assert_allclose(_forward(two, x2.at[:, 0].add(1 / 64), t2, None), out2, atol=1e-4)
+    assert not np.allclose(_forward(two, x2.at[:, 1].add(1 / 64), t2, None), out2, atol=1e-3)
+    unet = eqx.filter_eval_shape(
+        lambda: UNet((2, 8, 8), key=_key(5), channels=8, n_layers=1, fourier_channels=1)
+    )
+    assert unet.conv_in.in_channels == 2 + 4  # 2 channels and the first one's 4 features
+
+
+@pytest.mark.parametrize("num_levels", [17, 256])
+def test_matched_fourier_exponents_see_every_bin_centre_in_one_phase(num_levels):
+    low, high = matched_fourier_exponents(num_levels)
+    assert high - low == 1.0
+    if num_levels == 256:
+        assert (low, high) == (6.0, 7.0)  # VDM's
+    centres = -1.0 + (2 * np.arange(num_levels) + 1) / num_levels
+    phase = np.asarray(fourier_features(jnp.asarray(centres[None]), (high,)))
+    # One period per bin: the same sine and cosine at every centre (float32 rounding of
+    # an argument up to 2 pi 128).
+    np.testing.assert_allclose(phase, phase[:, :1] * np.ones_like(phase), atol=2e-4)
+    with pytest.raises(ValueError, match="num_levels"):
+        matched_fourier_exponents(1)

@@ -236,6 +236,29 @@ def test_shipped_configs_load():
     assert (optimizer.lr, optimizer.b2, optimizer.ema_decay) == (2e-4, 0.99, 0.9999)
 
 
+@pytest.mark.parametrize("name", ["digits_mulan", "patches", "patches_mulan"])
+def test_shipped_mulan_and_patches_configs_train(name, tmp_path):
+    # The shipped settings (process, latent, endpoints, Fourier features, network), a few
+    # steps on a small batch with a cheap evaluation: they build, train and stay finite.
+    config = train.Config.from_yaml(train.config_path(name)).with_overrides(
+        [
+            "steps=3",
+            "batch_size=8",
+            "log_every=1",
+            "eval_every=1000",
+            "checkpoint_every=1000",
+            "eval.examples=8",
+            "eval.num_samples=2",
+            "eval.sampler=ddim",
+            "eval.sample_steps=4",
+        ]
+    )
+    state = train.train(config, tmp_path, progress=False, pictures=False)
+    assert int(state.step) == 3
+    losses = list(_losses(tmp_path).values())
+    assert len(losses) == 3 and np.all(np.isfinite(losses))
+
+
 @pytest.mark.slow
 def test_crash_and_resume_continues_with_the_same_losses(tmp_path):
     # A run killed with SIGKILL after a checkpoint, then resumed, must retrace the losses of
@@ -374,8 +397,33 @@ def test_build_model_mulan_options_and_errors():
     assert model.process.encoder is None
     assert isinstance(model.process.schedule, ad.FixedLatentSchedule)
     assert gamma_curves(model, jax.random.key(2), xs[:3]).shape == (3, 5, 64)
+    # Endpoints: fixed for MuLAN's networks unless asked (the reference pins them),
+    # learned for VDM's schedule unless asked; the denoiser gets the matched features.
+    model = build("process.schedule=polynomial", "process.endpoints=learned")
+    assert isinstance(model.process.schedule.endpoints, ad.LearnedEndpoints)
+    assert isinstance(
+        build("process.schedule=learned").process.schedule.endpoints, ad.FixedEndpoints
+    )
+    vp = build(
+        "process.kind=vp",
+        "process.schedule=learned",
+        "process.endpoints=fixed",
+        "network.fourier=none",
+    )
+    assert isinstance(vp.process.schedule.endpoints, ad.FixedEndpoints)
+    assert vp.denoiser.fourier_exponents == ()
+    assert model.denoiser.fourier_exponents == pytest.approx((math.log2(8.5) - 1, math.log2(8.5)))
+    # Features of the image's channel only, not of its log-SNR channel.
+    assert model.denoiser.fourier_channels == 1
+    assert model.denoiser.lift.in_features == 2 * 64 + 4 * 64
 
     for wrong, match in [
+        (
+            ["process.kind=vp", "process.schedule=linear", "process.endpoints=learned"],
+            "fixed endpoints",
+        ),
+        (["process.schedule=cosine", "process.endpoints=learned"], "fixed endpoints"),
+        (["process.kind=mdm", "process.endpoints=fixed"], "kind="),
         (["process.kind=vp", "process.schedule=polynomial"], "not a schedule of kind=vp"),
         (["process.kind=ddpm"], "Unknown process.kind 'ddpm'; the kinds are: vp, "),
         (["process.latent=uniform"], "Unknown process.latent 'uniform'"),
@@ -406,8 +454,9 @@ def test_mdm_configs_build_every_diffusion():
     ]:
         model = build(*overrides)
         assert isinstance(model.process, kind) and model.process.num_aux == num_aux, overrides
-        # The same MLP, with the K + 1 variables of each pixel as channels.
-        assert model.denoiser.lift.in_features == 64 * (num_aux + 1), overrides
+        # The same MLP, with the K + 1 variables of each pixel as channels, and the
+        # Fourier features (2 exponents, sine and cosine) of the data's 64 only.
+        assert model.denoiser.lift.in_features == 64 * (num_aux + 1) + 4 * 64, overrides
     # The shipped config importance-samples its times on the process's own beta.
     assert base.process.times == "likelihood"
     alda = build("process.diffusion=alda")

@@ -64,10 +64,15 @@ def test_learned_endpoints_are_parameters(getkey):
     g0, g1 = endpoints(s)
     np.testing.assert_allclose([g0, g1], [-10.0, 4.0], atol=1e-5)
     grads = jax.grad(lambda m: endpoints(m)[1] - endpoints(m)[0])(s)
-    assert grads.raw_width != 0
+    assert grads.endpoints.raw_width != 0
     # gamma_1 = gamma_0 + softplus(raw_width): moving gamma_0 keeps the width (14).
-    shifted = eqx.tree_at(lambda m: m.gamma_0, s, jnp.asarray(-8.0))
+    shifted = eqx.tree_at(lambda m: m.endpoints.gamma_0, s, jnp.asarray(-8.0))
     np.testing.assert_allclose(endpoints(shifted), [-8.0, 6.0], atol=1e-5)
+    # Fixed endpoints are static: no parameter, no gradient, the same values.
+    fixed = ad.LearnedSchedule(key=getkey(), gamma_min=-10.0, gamma_max=4.0, learn_endpoints=False)
+    assert isinstance(fixed.endpoints, ad.FixedEndpoints)
+    assert len(jax.tree.leaves(fixed)) == len(jax.tree.leaves(s)) - 2
+    np.testing.assert_allclose(endpoints(fixed), [-10.0, 4.0], atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", [ad.LinearSchedule, ad.CosineSchedule])

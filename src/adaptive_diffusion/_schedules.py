@@ -67,9 +67,14 @@ def linear_beta_integral(beta_min: float, beta_max: float, t: Time) -> Float[Arr
     return beta_min * t + 0.5 * (beta_max - beta_min) * t**2
 
 
-def _check_endpoints(name: str, gamma_min: float, gamma_max: float):
-    if not gamma_min < gamma_max:
-        raise ValueError(f"{name} needs gamma_min < gamma_max, got {gamma_min} and {gamma_max}.")
+def _check_endpoints(name: str, gamma_min: Float[ArrayLike, ""], gamma_max: Float[ArrayLike, ""]):
+    """Refuse `gamma_min >= gamma_max` given as numbers; learned endpoints (arrays, maybe
+    traced) are ordered by construction (`LearnedEndpoints`)."""
+    if isinstance(gamma_min, int | float) and isinstance(gamma_max, int | float):
+        if not gamma_min < gamma_max:
+            raise ValueError(
+                f"{name} needs gamma_min < gamma_max, got {gamma_min} and {gamma_max}."
+            )
 
 
 class LinearSchedule(AbstractSchedule):
@@ -121,6 +126,53 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
+class FixedEndpoints(eqx.Module):
+    r"""The endpoints $\gamma(0) = \gamma_{\min}$, $\gamma(1) = \gamma_{\max}$ of a schedule,
+    fixed (static numbers, never trained). `endpoints()` returns them."""
+
+    gamma_min: float = eqx.field(static=True)
+    gamma_max: float = eqx.field(static=True)
+
+    def __check_init__(self):
+        _check_endpoints(type(self).__name__, self.gamma_min, self.gamma_max)
+
+    def __call__(self) -> tuple[float, float]:
+        return self.gamma_min, self.gamma_max
+
+
+class LearnedEndpoints(eqx.Module):
+    r"""Learnable endpoints $\gamma_0 < \gamma_1$ of a schedule, shared by every dimension:
+    $\gamma_0$ is a parameter and $\gamma_1 = \gamma_0 + \operatorname{softplus}(\delta)$,
+    so the order holds for any parameters. `endpoints()` returns $(\gamma_0, \gamma_1)$.
+
+    **Arguments:** `gamma_min`, `gamma_max`: the initial endpoints.
+    """
+
+    gamma_0: Float[Array, ""]
+    raw_width: Float[Array, ""]
+
+    def __init__(self, gamma_min: float, gamma_max: float):
+        _check_endpoints(type(self).__name__, gamma_min, gamma_max)
+        self.gamma_0 = jnp.asarray(gamma_min, dtype=float)
+        self.raw_width = jnp.asarray(_inverse_softplus(gamma_max - gamma_min), dtype=float)
+
+    @property
+    def gamma_1(self) -> Float[Array, ""]:
+        r"""$\gamma_1 = \gamma_0 + \operatorname{softplus}(\delta)$."""
+        return self.gamma_0 + jax.nn.softplus(self.raw_width)
+
+    def __call__(self) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        return self.gamma_0, self.gamma_1
+
+
+Endpoints = FixedEndpoints | LearnedEndpoints
+
+
+def make_endpoints(gamma_min: float, gamma_max: float, learned: bool) -> Endpoints:
+    """`LearnedEndpoints(gamma_min, gamma_max)` if `learned`, else `FixedEndpoints`."""
+    return (LearnedEndpoints if learned else FixedEndpoints)(gamma_min, gamma_max)
+
+
 class LearnedSchedule(AbstractSchedule):
     r"""VDM's learned monotone schedule with learnable endpoints that it really attains.
 
@@ -131,19 +183,20 @@ class LearnedSchedule(AbstractSchedule):
     $$\gamma(t) = \gamma_0 + (\gamma_1 - \gamma_0)
     \frac{\tilde\gamma(t) - \tilde\gamma(0)}{\tilde\gamma(1) - \tilde\gamma(0)},$$
     so $\gamma(0) = \gamma_0$ and $\gamma(1) = \gamma_1$ hold exactly. Both endpoints
-    are parameters; $\gamma_1 = \gamma_0 + \operatorname{softplus}(\delta)$ keeps
-    $\gamma_1 > \gamma_0$. (VDM's own code rescales to learned endpoints in the paper but
-    not in the released model: google-research/vdm issue 11.)
+    are parameters (`LearnedEndpoints`: $\gamma_1 = \gamma_0 + \operatorname{softplus}(\delta)$
+    keeps $\gamma_1 > \gamma_0$) unless `learn_endpoints=False`. (VDM's own code rescales
+    to learned endpoints in the paper but not in the released model: google-research/vdm
+    issue 11.)
 
     **Arguments:**
 
     - `key`: PRNG key for the initial weights.
     - `gamma_min`, `gamma_max`: initial endpoints $\gamma_0$, $\gamma_1$.
     - `hidden`: width of the sigmoid layer (VDM: 1024).
+    - `learn_endpoints`: learn the endpoints (VDM; the default) or keep them fixed.
     """
 
-    gamma_0: Float[Array, ""]
-    raw_width: Float[Array, ""]
+    endpoints: Endpoints
     w1: Float[Array, ""]
     b1: Float[Array, ""]
     w2: Float[Array, " hidden"]
@@ -157,11 +210,10 @@ class LearnedSchedule(AbstractSchedule):
         gamma_min: float = -13.3,
         gamma_max: float = 5.0,
         hidden: int = 1024,
+        learn_endpoints: bool = True,
     ):
-        _check_endpoints(type(self).__name__, gamma_min, gamma_max)
         k2, k3 = jax.random.split(key)
-        self.gamma_0 = jnp.asarray(gamma_min, dtype=float)
-        self.raw_width = jnp.asarray(_inverse_softplus(gamma_max - gamma_min), dtype=float)
+        self.endpoints = make_endpoints(gamma_min, gamma_max, learn_endpoints)
         # Initial weights give a near-linear gamma, as VDM's initialisation does.
         self.w1 = jnp.asarray(_inverse_softplus(1.0), dtype=float)
         self.b1 = jnp.zeros(())
@@ -175,19 +227,27 @@ class LearnedSchedule(AbstractSchedule):
         return h + jnp.dot(jax.nn.softplus(self.w3), s)
 
     @property
-    def gamma_1(self) -> Float[Array, ""]:
-        r"""The endpoint $\gamma(1) = \gamma_0 + \operatorname{softplus}(\delta)$."""
-        return self.gamma_0 + jax.nn.softplus(self.raw_width)
+    def gamma_0(self) -> Float[Array, ""] | float:
+        r"""The endpoint $\gamma(0)$."""
+        return self.endpoints()[0]
+
+    @property
+    def gamma_1(self) -> Float[Array, ""] | float:
+        r"""The endpoint $\gamma(1)$."""
+        return self.endpoints()[1]
 
     def __call__(self, t: Time) -> Float[Array, ""]:
         t = jnp.asarray(t, dtype=jnp.result_type(float))
         g_t = self._unnormalised(t)
         g_0 = self._unnormalised(jnp.zeros_like(t))
         g_1 = self._unnormalised(jnp.ones_like(t))
-        return self.gamma_0 + (self.gamma_1 - self.gamma_0) * (g_t - g_0) / (g_1 - g_0)
+        gamma_0, gamma_1 = self.endpoints()
+        return gamma_0 + (gamma_1 - gamma_0) * (g_t - g_0) / (g_1 - g_0)
 
 
-def _lerp_endpoints(r: Gamma, gamma_min: float, gamma_max: float) -> Gamma:
+def _lerp_endpoints(
+    r: Gamma, gamma_min: Float[Array, ""] | float, gamma_max: Float[Array, ""] | float
+) -> Gamma:
     r"""$\gamma_{\min}(1 - r) + \gamma_{\max} r$: exactly $\gamma_{\min}$ at $r = 0$ and
     exactly $\gamma_{\max}$ at $r = 1$ in floating point, and non-decreasing in $r$."""
     return gamma_min * (1.0 - r) + gamma_max * r
@@ -272,14 +332,14 @@ class PolynomialSchedule(AbstractSchedule):
 
     - `a`, `b`, `c`: the coefficients, one per data dimension; $c \neq 0$ (MuLAN's network
       gives $c = 10^{-3} + \operatorname{softplus}(\cdot)$) keeps $P(1) > 0$.
-    - `gamma_min`, `gamma_max`: the endpoints.
+    - `gamma_min`, `gamma_max`: the endpoints, numbers or (learned) scalar arrays.
     """
 
     a: Float[Array, "*shape"]
     b: Float[Array, "*shape"]
     c: Float[Array, "*shape"]
-    gamma_min: float = -13.3
-    gamma_max: float = 5.0
+    gamma_min: Float[Array, ""] | float = -13.3
+    gamma_max: Float[Array, ""] | float = 5.0
 
     def __check_init__(self):
         _check_endpoints(type(self).__name__, self.gamma_min, self.gamma_max)
@@ -329,16 +389,19 @@ class PolynomialScheduleNetwork(AbstractLatentSchedule):
     - `latent_size`: the length of $z$.
     - `data_shape`: the shape of one example.
     - `key`: PRNG key for the initial weights.
-    - `gamma_min`, `gamma_max`: the endpoints every dimension's schedule runs between.
+    - `gamma_min`, `gamma_max`: the endpoints every dimension's schedule runs between
+      (the initial ones, if learned).
     - `width`: the hidden width; `None` for $D$, the reference's choice.
+    - `learn_endpoints`: learn the endpoints (`LearnedEndpoints`, shared by every
+      dimension and latent, as VDM learns its scalar schedule's), a departure from the
+      reference's `poly_fixedend`; `False` (the default) keeps them fixed, as the paper.
     """
 
     hidden1: eqx.nn.Linear
     hidden2: eqx.nn.Linear
     head: eqx.nn.Linear
+    endpoints: Endpoints
     data_shape: tuple[int, ...] = eqx.field(static=True)
-    gamma_min: float = eqx.field(static=True)
-    gamma_max: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -349,11 +412,10 @@ class PolynomialScheduleNetwork(AbstractLatentSchedule):
         gamma_min: float = -13.3,
         gamma_max: float = 5.0,
         width: int | None = None,
+        learn_endpoints: bool = False,
     ):
-        _check_endpoints(type(self).__name__, gamma_min, gamma_max)
+        self.endpoints = make_endpoints(gamma_min, gamma_max, learn_endpoints)
         self.data_shape = tuple(int(d) for d in data_shape)
-        self.gamma_min = gamma_min
-        self.gamma_max = gamma_max
         size = math.prod(self.data_shape)
         width = size if width is None else width
         k1, k2, k3 = jax.random.split(key, 3)
@@ -371,7 +433,7 @@ class PolynomialScheduleNetwork(AbstractLatentSchedule):
         a, b, raw_c = jnp.split(self.head(h), 3)
         a, b, raw_c = (v.reshape(self.data_shape) for v in (a, b, raw_c))
         c = 1e-3 + jax.nn.softplus(raw_c)
-        return PolynomialSchedule(a, b, c, self.gamma_min, self.gamma_max)
+        return PolynomialSchedule(a, b, c, *self.endpoints())
 
 
 class MonotoneNetSchedule(AbstractSchedule):
@@ -388,9 +450,9 @@ class MonotoneNetSchedule(AbstractSchedule):
     raw_out: Float[Array, "dims hidden"]
     raw_time: Float[Array, " hidden"]
     hidden_bias: Float[Array, " hidden"]
+    gamma_min: Float[Array, ""] | float
+    gamma_max: Float[Array, ""] | float
     data_shape: tuple[int, ...] = eqx.field(static=True)
-    gamma_min: float = eqx.field(static=True)
-    gamma_max: float = eqx.field(static=True)
 
     def _unnormalised(self, t: Float[Array, ""]) -> Float[Array, " dims"]:
         h = jax.nn.sigmoid(jax.nn.softplus(self.raw_time) * t + self.hidden_bias)
@@ -421,8 +483,10 @@ class MonotoneScheduleNetwork(AbstractLatentSchedule):
     - `latent_size`: the length of $z$.
     - `data_shape`: the shape of one example.
     - `key`: PRNG key for the initial weights.
-    - `gamma_min`, `gamma_max`: the endpoints.
+    - `gamma_min`, `gamma_max`: the endpoints (the initial ones, if learned).
     - `hidden`: the width of the sigmoid layer.
+    - `learn_endpoints`: learn the endpoints, shared by every dimension and latent
+      (`LearnedEndpoints`); `False` (the default) keeps them fixed.
     """
 
     raw_linear: Float[Array, " dims"]
@@ -430,9 +494,8 @@ class MonotoneScheduleNetwork(AbstractLatentSchedule):
     raw_time: Float[Array, " hidden"]
     latent_weight: Float[Array, "hidden latent"]
     bias: Float[Array, " hidden"]
+    endpoints: Endpoints
     data_shape: tuple[int, ...] = eqx.field(static=True)
-    gamma_min: float = eqx.field(static=True)
-    gamma_max: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -443,11 +506,10 @@ class MonotoneScheduleNetwork(AbstractLatentSchedule):
         gamma_min: float = -13.3,
         gamma_max: float = 5.0,
         hidden: int = 128,
+        learn_endpoints: bool = False,
     ):
-        _check_endpoints(type(self).__name__, gamma_min, gamma_max)
+        self.endpoints = make_endpoints(gamma_min, gamma_max, learn_endpoints)
         self.data_shape = tuple(int(d) for d in data_shape)
-        self.gamma_min = gamma_min
-        self.gamma_max = gamma_max
         size = math.prod(self.data_shape)
         k_out, k_time, k_latent = jax.random.split(key, 3)
         self.raw_linear = jnp.full((size,), _inverse_softplus(1.0))
@@ -464,9 +526,8 @@ class MonotoneScheduleNetwork(AbstractLatentSchedule):
             self.raw_out,
             self.raw_time,
             self.latent_weight @ z + self.bias,
+            *self.endpoints(),
             self.data_shape,
-            self.gamma_min,
-            self.gamma_max,
         )
 
 

@@ -2,6 +2,7 @@
 
 from ._embeddings import (
     fourier_features as fourier_features,
+    matched_fourier_exponents as matched_fourier_exponents,
     sinusoidal_embedding as sinusoidal_embedding,
 )
 from ._encoder import ConvEncoder as ConvEncoder, MLPEncoder as MLPEncoder

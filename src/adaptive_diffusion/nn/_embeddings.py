@@ -49,7 +49,7 @@ def sinusoidal_embedding(
 
 
 def fourier_features(
-    x: Float[Array, " c *rest"], exponents: Sequence[int]
+    x: Float[Array, " c *rest"], exponents: Sequence[int | float]
 ) -> Float[Array, " f *rest"]:
     r"""Base-2 Fourier features of an input, channel by channel (VDM, Kingma et al. 2021).
 
@@ -63,7 +63,8 @@ def fourier_features(
     **Arguments:**
 
     - `x`: the input, channels first, shape `(c, *rest)`.
-    - `exponents`: the integers `n`; may be empty, giving zero channels.
+    - `exponents`: the exponents `n` (integers for VDM's features, but any real number
+      works); may be empty, giving zero channels.
 
     **Returns:**
 
@@ -73,3 +74,18 @@ def fourier_features(
     freqs = freqs.reshape((1, len(exponents)) + (1,) * (x.ndim - 1))
     h = (x[:, None] * freqs).reshape((x.shape[0] * len(exponents),) + x.shape[1:])
     return jnp.concatenate([jnp.sin(h), jnp.cos(h)])
+
+
+def matched_fourier_exponents(num_levels: int) -> tuple[float, float]:
+    r"""The Fourier exponents that resolve the bins of data with `num_levels` levels.
+
+    Levels $k$ sit at the bin centres $-1 + (2k + 1)/L$, $2/L$ apart; the feature
+    $\sin(2^n 2\pi x)$ has that period for $2^n = L/2$. Returns
+    $(\log_2(L/2) - 1, \log_2(L/2))$: one period per bin and one per two bins, so every
+    bin centre has the same phase in the first and alternate bins are told apart by the
+    second. For $L = 256$ this is VDM's $(6, 7)$; for the 17-level digits, $(2.09, 3.09)$.
+    """
+    if num_levels < 2:
+        raise ValueError(f"matched_fourier_exponents needs num_levels >= 2, got {num_levels}.")
+    n = math.log2(num_levels / 2)
+    return (n - 1.0, n)

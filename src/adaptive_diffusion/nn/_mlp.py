@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
-from ._embeddings import sinusoidal_embedding
+from ._embeddings import fourier_features, sinusoidal_embedding
 
 
 class _Block(eqx.Module):
@@ -37,14 +37,24 @@ class _Block(eqx.Module):
 class MLPDenoiser(eqx.Module):
     r"""A noise-prediction MLP, `eps_hat = model(x_t, t)`, for one example of any shape.
 
-    The input is flattened to a vector of length `D = prod(data_shape)` and lifted to
-    `width` units; `depth` residual blocks follow, each with its normalised input scaled
+    The input, with the Fourier features of its first `fourier_channels` entries along
+    the leading axis (all of it by default) when `fourier_exponents` is not empty (see
+    [`adaptive_diffusion.nn.fourier_features`][]), is flattened to one vector and lifted
+    to `width` units; `depth` residual blocks follow, each with its normalised input scaled
     and shifted (FiLM) by an embedding of `t` (a sinusoidal embedding, see
     [`adaptive_diffusion.nn.sinusoidal_embedding`][] with `scale=1000`, through a small
     MLP) and, when `cond_dim > 0`, of a conditioning vector. The multiplicative time
     dependence matters: the optimal noise prediction far from the data is
     $\hat\varepsilon \approx u/\sigma_t$, a slope that changes with $t$. The last layer is
     zero-initialised, so an untrained model predicts `eps_hat = 0` exactly.
+
+    The Fourier features are what lets the network resolve the quantisation bins. Near
+    $t = 0$ the optimal $\hat\varepsilon$ is a sawtooth in $x_t$ with the period of the
+    bins and a slope of $1/\sigma_t$; an MLP of $x_t$ alone cannot represent it, while
+    $\sin(2^n 2\pi x)$, $\cos(2^n 2\pi x)$ with $2^{-n}$ the bin width (VDM's exponent 7
+    for 256 levels; $\log_2(L / 2)$ for $L$ levels on $[-1, 1]$, see
+    [`adaptive_diffusion.nn.matched_fourier_exponents`][]) make the phase of $x_t$
+    within its bin an input.
 
     Batch with `jax.vmap(model)(x_t, t)`.
     """
@@ -60,6 +70,8 @@ class MLPDenoiser(eqx.Module):
     time_scale: float = eqx.field(static=True)
     max_period: float = eqx.field(static=True)
     cond_dim: int = eqx.field(static=True)
+    fourier_exponents: tuple[float, ...] = eqx.field(static=True)
+    fourier_channels: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -72,6 +84,8 @@ class MLPDenoiser(eqx.Module):
         time_scale: float = 200.0,
         max_period: float = 200.0,
         cond_dim: int = 0,
+        fourier_exponents: Sequence[int | float] = (),
+        fourier_channels: int | None = None,
     ):
         """**Arguments:**
 
@@ -89,19 +103,33 @@ class MLPDenoiser(eqx.Module):
             evaluations (Dopri5, rtol = atol = 1e-5).
         - `cond_dim`: the length of the optional conditioning vector `cond`; `0`
             (the default) for an unconditional model.
+        - `fourier_exponents`: the exponents `n` of the input's Fourier features
+            `sin(2^n 2 pi x)`, `cos(2^n 2 pi x)`, any real numbers; `()` (the
+            default) for none. `matched_fourier_exponents(num_levels)` gives the pair
+            that resolves the bins of data with `num_levels` levels.
+        - `fourier_channels`: how many leading-axis entries of the input get features:
+            the data's, when the input also holds other things (MuLAN's log-SNR
+            channels, an MDM's auxiliary variables: the process puts the data first);
+            `None` (the default) for all.
         """
         self.data_shape = tuple(int(d) for d in data_shape)
         self.time_features = time_features
         self.time_scale = time_scale
         self.max_period = max_period
         self.cond_dim = cond_dim
+        self.fourier_exponents = tuple(float(n) for n in fourier_exponents)
+        self.fourier_channels = fourier_channels
         size = math.prod(self.data_shape)
+        lead = self.data_shape[0] if fourier_channels is None else fourier_channels
+        featured = math.prod(self.data_shape[1:]) * min(lead, self.data_shape[0])
         k_embed, k_cond, k_lift, k_blocks, k_out = jax.random.split(key, 5)
         self.embed = eqx.nn.MLP(time_features, width, width, 1, activation=jax.nn.silu, key=k_embed)
         self.cond_proj = (
             eqx.nn.Linear(cond_dim, time_features, key=k_cond) if cond_dim > 0 else None
         )
-        self.lift = eqx.nn.Linear(size, width, key=k_lift)
+        self.lift = eqx.nn.Linear(
+            size + 2 * len(self.fourier_exponents) * featured, width, key=k_lift
+        )
         self.blocks = tuple(_Block(width, width, key=k) for k in jax.random.split(k_blocks, depth))
         self.out_norm = eqx.nn.LayerNorm(width, use_weight=False, use_bias=False)
         out = eqx.nn.Linear(width, size, key=k_out)
@@ -142,7 +170,9 @@ class MLPDenoiser(eqx.Module):
         elif cond is not None:
             raise ValueError("`cond` was given but this model was built with `cond_dim=0`.")
         emb = self.embed(features)
-        h = self.lift(x.reshape(-1))
+        featured = x[: self.fourier_channels].reshape(1, -1)
+        features = fourier_features(featured, self.fourier_exponents).ravel()
+        h = self.lift(jnp.concatenate([x.ravel(), features]))
         for block in self.blocks:
             h = block(h, emb)
         return self.out(jax.nn.silu(self.out_norm(h))).reshape(x.shape)

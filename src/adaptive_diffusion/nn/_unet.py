@@ -218,7 +218,8 @@ class UNet(eqx.Module):
     data_shape: tuple[int, int, int] = eqx.field(static=True)
     channels: int = eqx.field(static=True)
     n_layers: int = eqx.field(static=True)
-    fourier_exponents: tuple[int, ...] = eqx.field(static=True)
+    fourier_exponents: tuple[float, ...] = eqx.field(static=True)
+    fourier_channels: int | None = eqx.field(static=True)
     cond_dim: int = eqx.field(static=True)
     unroll: bool | None = eqx.field(static=True)
     time_mlp: eqx.nn.MLP
@@ -241,7 +242,8 @@ class UNet(eqx.Module):
         n_layers: int = 4,
         n_attention_heads: int = 1,
         dropout: float = 0.0,
-        fourier_exponents: Sequence[int] = (6, 7),
+        fourier_exponents: Sequence[int | float] = (6, 7),
+        fourier_channels: int | None = None,
         norm_groups: int = 32,
         cond_dim: int = 0,
         unroll: bool | None = None,
@@ -260,6 +262,9 @@ class UNet(eqx.Module):
         - `dropout`: the dropout rate inside every ResNet block (VDM's `sm_pdrop`).
         - `fourier_exponents`: the exponents `n` of the input Fourier features
             `sin(2^n 2 pi x)`, `cos(2^n 2 pi x)`; `()` for none.
+        - `fourier_channels`: how many leading input channels get features: the data's,
+            when the input also holds other channels (MuLAN's log-SNR channels); `None`
+            (the default) for all.
         - `norm_groups`: the largest number of GroupNorm groups (32 in VDM). A layer
             with `c` channels uses the most groups, up to `norm_groups`, that divide `c`
             and hold at least two channels each (so 32 for `c = 64` or `128`), so any
@@ -284,7 +289,8 @@ class UNet(eqx.Module):
         self.data_shape = (in_channels, height, width)
         self.channels = channels
         self.n_layers = n_layers
-        self.fourier_exponents = tuple(int(n) for n in fourier_exponents)
+        self.fourier_exponents = tuple(float(n) for n in fourier_exponents)
+        self.fourier_channels = fourier_channels
         self.cond_dim = cond_dim
         self.unroll = unroll
 
@@ -300,7 +306,8 @@ class UNet(eqx.Module):
             key=keys[0],
         )
         self.cond_proj = eqx.nn.Linear(cond_dim, channels, key=keys[1]) if cond_dim > 0 else None
-        num_features = in_channels * (1 + 2 * len(self.fourier_exponents))
+        featured = in_channels if fourier_channels is None else min(fourier_channels, in_channels)
+        num_features = in_channels + 2 * len(self.fourier_exponents) * featured
         self.conv_in = _conv3x3(num_features, channels, key=keys[2])
 
         def block(in_ch: int, k: PRNGKeyArray) -> _ResnetBlock:
@@ -359,7 +366,9 @@ class UNet(eqx.Module):
             up_keys = jr.split(k_up, self.n_layers + 1)
 
         unroll = jax.default_backend() == "cpu" if self.unroll is None else self.unroll
-        h = jnp.concatenate([x, fourier_features(x, self.fourier_exponents)])
+        h = jnp.concatenate(
+            [x, fourier_features(x[: self.fourier_channels], self.fourier_exponents)]
+        )
         h = _conv(self.conv_in, jnp.transpose(h, (1, 2, 0)))
 
         down_params, down_static = eqx.partition(self.down_blocks, eqx.is_array)

@@ -33,6 +33,8 @@ SHIPPED_CONFIGS = (
     "digits_nonisotropic",
     "digits_mulan",
     "digits_mdm",
+    "patches",
+    "patches_mulan",
     "cifar10",
     "cifar10_nonisotropic",
     "cifar10_mulan",

@@ -32,7 +32,7 @@ from .._processes import (
     AbstractSDEProcess,
     require_capability,
 )
-from ..nn import MLPDenoiser, UNet
+from ..nn import MLPDenoiser, UNet, matched_fourier_exponents
 from ._config import Config
 from ._registry import DEQUANTIZATIONS, TIME_SAMPLERS, build_process
 
@@ -185,15 +185,30 @@ class DiffusionModel(eqx.Module):
 
 
 def _denoiser(
-    config: Config, input_shape: tuple[int, ...], cond_dim: int, key: PRNGKeyArray
+    config: Config,
+    data_shape: tuple[int, ...],
+    input_shape: tuple[int, ...],
+    cond_dim: int,
+    num_levels: int,
+    key: PRNGKeyArray,
 ) -> Callable:
-    """The network named by `config.network`, for inputs of `input_shape`."""
+    """The network named by `config.network`, for inputs of `input_shape` that begin
+    (along the leading axis) with the data, of `data_shape` and `num_levels` levels: the
+    Fourier features are of that leading block only."""
     cfg = config.network
+    fourier = matched_fourier_exponents(num_levels) if cfg.fourier == "matched" else ()
+    fourier_channels = math.prod(data_shape) // math.prod(input_shape[1:])
     if cfg.kind == "mlp":
         if cfg.dropout:
             raise ValueError("network.dropout applies to the UNet only; set it to 0 for the MLP.")
         return MLPDenoiser(
-            input_shape, key=key, width=cfg.width, depth=cfg.depth, cond_dim=cond_dim
+            input_shape,
+            key=key,
+            width=cfg.width,
+            depth=cfg.depth,
+            cond_dim=cond_dim,
+            fourier_exponents=fourier,
+            fourier_channels=fourier_channels,
         )
     return UNet(
         input_shape,
@@ -203,6 +218,8 @@ def _denoiser(
         dropout=cfg.dropout,
         cond_dim=cond_dim,
         unroll=cfg.unroll,
+        fourier_exponents=fourier,
+        fourier_channels=fourier_channels,
     )
 
 
@@ -232,7 +249,7 @@ def build_model(
     input_shape, cond_dim = process.network_shape(data_shape)
     return DiffusionModel(
         process=process,
-        denoiser=_denoiser(config, input_shape, cond_dim, key_net),
+        denoiser=_denoiser(config, data_shape, input_shape, cond_dim, num_levels, key_net),
         parameterization=as_parameterization(config.process.parameterization),
         data_shape=data_shape,
         num_levels=num_levels,

@@ -66,6 +66,9 @@ class ProcessConfig(Protocol):
     def gamma_max(self) -> float: ...
 
     @property
+    def endpoints(self) -> str: ...
+
+    @property
     def power(self) -> float: ...
 
     @property
@@ -107,11 +110,31 @@ class ProcessKind:
     schedules: tuple[str, ...]
 
 
+def _fixed_ends(factory: Callable[[float, float], AbstractSchedule]) -> Callable:
+    def build(cfg: ProcessConfig, key: PRNGKeyArray) -> AbstractSchedule:
+        if cfg.endpoints == "learned":
+            raise ValueError(
+                f"process.schedule={cfg.schedule} has fixed endpoints; use "
+                "process.schedule=learned to learn them, or process.endpoints=default."
+            )
+        return factory(cfg.gamma_min, cfg.gamma_max)
+
+    return build
+
+
+def _learn_endpoints(cfg: ProcessConfig, default: bool) -> bool:
+    """Whether a schedule with learnable endpoints learns them (`default`: its family's)."""
+    return default if cfg.endpoints == "default" else cfg.endpoints == "learned"
+
+
 SCALAR_SCHEDULES: Mapping[str, Callable[[ProcessConfig, PRNGKeyArray], AbstractSchedule]] = {
-    "linear": lambda cfg, key: LinearSchedule(cfg.gamma_min, cfg.gamma_max),
-    "cosine": lambda cfg, key: CosineSchedule(cfg.gamma_min, cfg.gamma_max),
+    "linear": _fixed_ends(LinearSchedule),
+    "cosine": _fixed_ends(CosineSchedule),
     "learned": lambda cfg, key: LearnedSchedule(
-        key=key, gamma_min=cfg.gamma_min, gamma_max=cfg.gamma_max
+        key=key,
+        gamma_min=cfg.gamma_min,
+        gamma_max=cfg.gamma_max,
+        learn_endpoints=_learn_endpoints(cfg, default=True),
     ),
 }
 """The scalar log-SNR schedules by name."""
@@ -148,7 +171,14 @@ def _latent(cfg: ProcessConfig) -> AbstractLatent:
 
 def _network_schedule(family: type) -> Callable:
     def build(cfg: ProcessConfig, latent: AbstractLatent, shape: tuple[int, ...], key):
-        return family(latent.size, shape, key=key, gamma_min=cfg.gamma_min, gamma_max=cfg.gamma_max)
+        return family(
+            latent.size,
+            shape,
+            key=key,
+            gamma_min=cfg.gamma_min,
+            gamma_max=cfg.gamma_max,
+            learn_endpoints=_learn_endpoints(cfg, default=False),
+        )
 
     return build
 
@@ -215,7 +245,7 @@ def _mdm(
     return MDM_DIFFUSIONS[cfg.diffusion](cfg, key_schedule)
 
 
-_SCHEDULE_OPTIONS = frozenset({"schedule", "gamma_min", "gamma_max"})
+_SCHEDULE_OPTIONS = frozenset({"schedule", "gamma_min", "gamma_max", "endpoints"})
 
 PROCESS_KINDS: Mapping[str, ProcessKind] = {
     "vp": ProcessKind(_vp, _SCHEDULE_OPTIONS, tuple(SCALAR_SCHEDULES)),
