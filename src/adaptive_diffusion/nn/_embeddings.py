@@ -89,3 +89,9 @@ def matched_fourier_exponents(num_levels: int) -> tuple[float, float]:
         raise ValueError(f"matched_fourier_exponents needs num_levels >= 2, got {num_levels}.")
     n = math.log2(num_levels / 2)
     return (n - 1.0, n)
+
+
+def featured_channels(channels: int, fourier_channels: int | None) -> int:
+    """How many of an input's `channels` leading channels get Fourier features: the
+    length of `x[:fourier_channels]` (all of them for `None`)."""
+    return channels if fourier_channels is None else min(fourier_channels, channels)

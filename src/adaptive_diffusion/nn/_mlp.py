@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
-from ._embeddings import fourier_features, sinusoidal_embedding
+from ._embeddings import featured_channels, fourier_features, sinusoidal_embedding
 
 
 class _Block(eqx.Module):
@@ -120,8 +120,9 @@ class MLPDenoiser(eqx.Module):
         self.fourier_exponents = tuple(float(n) for n in fourier_exponents)
         self.fourier_channels = fourier_channels
         size = math.prod(self.data_shape)
-        lead = self.data_shape[0] if fourier_channels is None else fourier_channels
-        featured = math.prod(self.data_shape[1:]) * min(lead, self.data_shape[0])
+        featured = math.prod(self.data_shape[1:]) * featured_channels(
+            self.data_shape[0], fourier_channels
+        )
         k_embed, k_cond, k_lift, k_blocks, k_out = jax.random.split(key, 5)
         self.embed = eqx.nn.MLP(time_features, width, width, 1, activation=jax.nn.silu, key=k_embed)
         self.cond_proj = (

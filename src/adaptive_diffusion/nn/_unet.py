@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
-from ._embeddings import fourier_features, sinusoidal_embedding
+from ._embeddings import featured_channels, fourier_features, sinusoidal_embedding
 
 
 _Layer = TypeVar("_Layer", bound=eqx.Module)
@@ -306,7 +306,7 @@ class UNet(eqx.Module):
             key=keys[0],
         )
         self.cond_proj = eqx.nn.Linear(cond_dim, channels, key=keys[1]) if cond_dim > 0 else None
-        featured = in_channels if fourier_channels is None else min(fourier_channels, in_channels)
+        featured = featured_channels(in_channels, fourier_channels)
         num_features = in_channels + 2 * len(self.fourier_exponents) * featured
         self.conv_in = _conv3x3(num_features, channels, key=keys[2])
 
