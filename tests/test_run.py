@@ -396,6 +396,8 @@ def test_build_model_mulan_options_and_errors():
     model = build("process.latent=none", "process.schedule=linear")
     assert model.process.encoder is None
     assert isinstance(model.process.schedule, ad.FixedLatentSchedule)
+    assert build("process.latent=topk").process.latent.perturbation.tau == 10.0
+    assert build("process.latent_tau=0.5").process.latent.perturbation.tau == 0.5
     assert gamma_curves(model, jax.random.key(2), xs[:3]).shape == (3, 5, 64)
     # Endpoints: fixed for MuLAN's networks unless asked (the reference pins them),
     # learned for VDM's schedule unless asked; the denoiser gets the matched features.
@@ -431,6 +433,8 @@ def test_build_model_mulan_options_and_errors():
         (["process.kind=vp", "process.latent=gaussian"], "kind=mulan only"),
         (["process.kind=vp", "process.encoder=mlp"], "kind=mulan only"),
         (["process.latent=none", "process.latent_size=4"], "latent=none"),
+        (["process.latent=gaussian", "process.latent_tau=1"], "latent=gaussian has none"),
+        (["process.latent_tau=-1"], "tau > 0"),
     ]:
         with pytest.raises(ValueError, match=match):
             build(*wrong)

@@ -226,6 +226,10 @@ class SumOfGammaPerturbation(AbstractPerturbation):
     tau: float = 10.0
     num_terms: int = eqx.field(default=10, static=True)
 
+    def __check_init__(self):
+        if isinstance(self.tau, (int, float)) and not self.tau > 0:
+            raise ValueError(f"SumOfGammaPerturbation needs tau > 0, got {self.tau}.")
+
     def __call__(self, key: PRNGKeyArray, shape: tuple[int, ...], k: int) -> Float[Array, "..."]:
         return self.combine(gamma(key, 1.0 / k, (self.num_terms, *shape)), k)
 

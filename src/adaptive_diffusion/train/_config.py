@@ -57,6 +57,8 @@ class ProcessConfig:
       reference's 50 units with 15 hot), `"gaussian"`, `"categorical"` or `"none"`.
     - `latent_size`: the latent's dimension (units, or categories); 0 for the family's
       default, the reference's 50.
+    - `latent_tau`: the temperature $\tau$ of the top-$k$ latent's sum-of-Gamma noise
+      (`latent="topk"` only; the reference's 10, see `ad.SumOfGammaPerturbation`).
     - `diffusion`: the multivariate diffusion of `"mdm"`: `"cld"` (one auxiliary
       variable), `"alda"` (two), `"malda"` or `"learned"` (Q and D learned).
     - `num_aux`: its number K of auxiliary variables (`"malda"`, `"learned"`); 0 for the
@@ -80,6 +82,7 @@ class ProcessConfig:
     learn_covariance: bool = False
     latent: str = "topk"
     latent_size: int = 0
+    latent_tau: float = 10.0
     encoder: str = "conv"
     diffusion: str = "cld"
     num_aux: int = 0

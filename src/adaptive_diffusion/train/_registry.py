@@ -14,7 +14,14 @@ from typing import Protocol, runtime_checkable
 from jaxtyping import PRNGKeyArray
 
 from .._covariance import GFFCovariance, LearnedGFFCovariance
-from .._latents import AbstractLatent, CategoricalLatent, GaussianLatent, NoLatent, TopKLatent
+from .._latents import (
+    AbstractLatent,
+    CategoricalLatent,
+    GaussianLatent,
+    NoLatent,
+    SumOfGammaPerturbation,
+    TopKLatent,
+)
 from .._likelihood import (
     AbstractDequantization,
     ProcessDequantization,
@@ -79,6 +86,9 @@ class ProcessConfig(Protocol):
 
     @property
     def latent_size(self) -> int: ...
+
+    @property
+    def latent_tau(self) -> float: ...
 
     @property
     def encoder(self) -> str: ...
@@ -162,11 +172,19 @@ def _nonisotropic(
 
 def _latent(cfg: ProcessConfig) -> AbstractLatent:
     family = LATENTS[cfg.latent]
-    if cfg.latent_size == 0:
-        return family()
-    if family is NoLatent:
-        raise ValueError("process.latent_size must be 0 for latent=none.")
-    return family(size=cfg.latent_size)
+    options = {}
+    if cfg.latent_size:
+        if family is NoLatent:
+            raise ValueError("process.latent_size must be 0 for latent=none.")
+        options["size"] = cfg.latent_size
+    if family is TopKLatent:
+        options["perturbation"] = SumOfGammaPerturbation(tau=cfg.latent_tau)
+    elif cfg.latent_tau != SumOfGammaPerturbation().tau:
+        raise ValueError(
+            f"process.latent_tau is the top-k latent's noise temperature; latent="
+            f"{cfg.latent} has none. Remove it, or set process.latent=topk."
+        )
+    return family(**options)
 
 
 def _network_schedule(family: type) -> Callable:
@@ -256,7 +274,7 @@ PROCESS_KINDS: Mapping[str, ProcessKind] = {
     ),
     "mulan": ProcessKind(
         _mulan,
-        _SCHEDULE_OPTIONS | {"latent", "latent_size", "encoder"},
+        _SCHEDULE_OPTIONS | {"latent", "latent_size", "latent_tau", "encoder"},
         tuple(LATENT_SCHEDULES),
     ),
     "mdm": ProcessKind(_mdm, frozenset({"diffusion", "num_aux", "times", "gamma_min"}), ()),
