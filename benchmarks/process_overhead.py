@@ -3,8 +3,9 @@ step's peak memory against batch size.
 
 Each row is a shipped digits config (the same MLP denoiser, batch 128, optimiser and
 EMA; only `process` differs): `digits` (VP, learned schedule), `digits_nonisotropic`
-(GFF noise by FFT), `digits_mulan` (MLP encoder, top-k latent, polynomial schedule
-network) and `digits_mdm` (CLD, K = 1; `--mdm` adds ALDA, MALDA and learned K = 1, 2).
+(GFF noise by FFT), `digits_mulan` (MLP encoder, categorical latent, polynomial schedule
+network; and the same with the reference's top-k latent and its sum-of-Gamma noise) and
+`digits_mdm` (CLD, K = 1; `--mdm` adds ALDA, MALDA and learned K = 1, 2).
 The step is the real one (`make_train_step` over a mesh of all devices, the config's
 loss), compiled once per process; then `--rounds` rounds each time `--steps` steps of
 every process in turn (interleaved, so that a change in the machine's load hits every
@@ -61,7 +62,7 @@ class Step:
         return 1e3 * (time.perf_counter() - start) / steps
 
     def peak_bytes(self) -> int:
-        return peak_bytes(self.step.lower(self.state, self.batch).compile().compiled)
+        return peak_bytes(self.step.lower(self.state, self.batch).compile())
 
 
 def main() -> None:
@@ -77,6 +78,7 @@ def main() -> None:
         "VP": ("digits", []),
         "NonIsotropicVP": ("digits_nonisotropic", []),
         "MuLAN": ("digits_mulan", []),
+        "MuLAN (top-k)": ("digits_mulan", ["process.latent=topk", "process.latent_size=0"]),
         "CLD (K=1)": ("digits_mdm", []),
     }
     if args.mdm:

@@ -178,6 +178,36 @@ def test_condition_differs_across_latents_and_pixels(getkey):
     assert eqx.filter_eval_shape(default.posterior_params, x).shape == (50,)
 
 
+def test_the_state_carries_the_schedule_of_its_latent(getkey, monkeypatch):
+    # The state holds gamma(z, .) evaluated once; a hand-built LatentState(x, z) without it
+    # recomputes it at each use: the same bound and the same gradients, to rounding.
+    shape = (1, 4, 4)
+    xs = ad.from_levels(jax.random.randint(getkey(), (3, *shape), 0, 17), 17)
+    mulan = _small_mulan(getkey(), shape, ad.GaussianLatent(size=3), learn_endpoints=True)
+    input_shape, cond_dim = mulan.network_shape(shape)
+    net = ad.nn.MLPDenoiser(input_shape, key=getkey(), width=16, depth=1, cond_dim=cond_dim)
+    key = getkey()
+
+    def bound_and_grad(process, net):
+        def loss(process, net):
+            model = process.denoiser(net)
+            return jnp.mean(ad.batch_nelbo(process, model, xs, key=key, num_levels=17).total)
+
+        return eqx.filter_value_and_grad(loss)(process, net)
+
+    u = mulan.initial_state(key, xs[0]).state
+    assert isinstance(u.schedule, ad.PolynomialSchedule) and u.schedule.a.shape == shape
+    assert mulan.prior_sample(key, shape).schedule is not None
+    value, grads = eqx.filter_jit(bound_and_grad)(mulan, net)
+    monkeypatch.setattr(ad.MuLAN, "state", lambda self, x, z: ad.LatentState(x, z))
+    assert mulan.initial_state(key, xs[0]).state.schedule is None
+    value_u, grads_u = eqx.filter_jit(lambda p, n: bound_and_grad(p, n))(mulan, net)
+    # float32 sums in a different order: a few ulp.
+    np.testing.assert_allclose(value, value_u, rtol=1e-6)
+    for g, g_u in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_u)):
+        np.testing.assert_allclose(g, g_u, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("latent", [ad.GaussianLatent(size=5), ad.CategoricalLatent(size=5)])
 def test_latent_kl_matches_monte_carlo(latent, getkey):
     @jax.jit

@@ -15,7 +15,7 @@ Data = Float[Array, "*shape"]
 State = PyTree[Float[Array, "..."]]
 """A process state: the data itself (VP-type processes), one array `(K + 1, *data)`
 (multivariate diffusions), or a pytree holding a diffused array beside parts that are
-constant in time (MuLAN's `LatentState(x, z)`)."""
+constant in time (MuLAN's `LatentState(x, z, schedule)`)."""
 
 Noise = Float[Array, "*noise"]
 """An array shaped like the diffused part of a state: white noise, a network's noise

@@ -39,7 +39,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._custom_types import Data, Gamma, Time
 from .._latents import AbstractLatent, TopKLatent
-from .._schedules import AbstractLatentSchedule, PolynomialScheduleNetwork
+from .._schedules import AbstractLatentSchedule, AbstractSchedule, PolynomialScheduleNetwork
 from ..nn import ConvEncoder, MLPEncoder
 from ._base import AbstractSDEProcess, InitialState
 from ._vp import DiagonalVP
@@ -49,10 +49,20 @@ Latent = Float[Array, " latent"]
 
 
 class LatentState(eqx.Module):
-    r"""MuLAN's state: the data part `x` (diffused) and the latent `z` (constant in time)."""
+    r"""MuLAN's state: the data part `x` (diffused), the latent `z` and its schedule
+    $\gamma(z, \cdot)$ (both constant in time).
+
+    `schedule` is the schedule network evaluated at `z`, once per example: `MuLAN` fills
+    it where it draws `z` (`initial_state`, `prior_sample`; `MuLAN.state(x, z)` by hand),
+    and every method then reads it instead of running the network again (the bound uses
+    the schedule six times per example, and one evaluation means one backward pass
+    through the network instead of six). `None`, as in `LatentState(x, z)`, runs the
+    network at each use: the same values.
+    """
 
     x: Data
     z: Latent
+    schedule: AbstractSchedule | None = None
 
 
 class LatentPrior(eqx.Module):
@@ -85,7 +95,7 @@ class LatentDenoiser(eqx.Module):
 
     def __call__(self, u: LatentState, t: Time) -> Data:
         mulan = self.mulan
-        gamma = jnp.broadcast_to(mulan.condition(u.z).gamma(u.x, t), u.x.shape)
+        gamma = jnp.broadcast_to(mulan.conditioned(u).gamma(u.x, t), u.x.shape)
         level = (gamma - mulan.gamma_min) / (mulan.gamma_max - mulan.gamma_min)
         cond = u.z if u.z.size else None
         out = self.net(jnp.concatenate([u.x, level.astype(u.x.dtype)]), t, cond)
@@ -186,6 +196,22 @@ class MuLAN(AbstractSDEProcess):
         $\gamma(z, t)$, shaped like the data (or a scalar, for a fixed scalar schedule)."""
         return DiagonalVP(self.schedule(z))
 
+    def state(self, x: Data, z: Latent) -> LatentState:
+        r"""The state of data `x` with latent `z`, its schedule $\gamma(z, \cdot)$
+        evaluated once (its numbers as arrays: a state is a pytree of arrays)."""
+        schedule = jax.tree.map(
+            lambda leaf: jnp.asarray(leaf) if isinstance(leaf, float | int) else leaf,
+            self.schedule(z),
+        )
+        return LatentState(x, z, schedule)
+
+    def conditioned(self, u: LatentState) -> DiagonalVP:
+        r"""The `DiagonalVP` of the state's latent: `condition(u.z)`, from the schedule
+        the state carries where it has one."""
+        if u.schedule is None:
+            return self.condition(u.z)
+        return DiagonalVP(u.schedule)
+
     # The state: data and latent.
 
     @property
@@ -199,33 +225,35 @@ class MuLAN(AbstractSDEProcess):
         params = self.posterior_params(x)
         z = self.latent.sample(key, params)
         return InitialState(
-            LatentState(x, z), self.latent.log_ratio(z, params), self.latent.kl(params)
+            self.state(x, z), self.latent.log_ratio(z, params), self.latent.kl(params)
         )
 
     def data(self, u: LatentState) -> Data:
         return u.x
 
     def with_data(self, u: LatentState, x: Data) -> LatentState:
-        return LatentState(x, u.z)
+        return LatentState(x, u.z, u.schedule)
 
-    def partition(self, u: LatentState) -> tuple[Data, Latent]:
-        return u.x, u.z
+    def partition(self, u: LatentState) -> tuple[Data, tuple[Latent, AbstractSchedule | None]]:
+        return u.x, (u.z, u.schedule)
 
-    def combine(self, diffused: Data, constant: Latent) -> LatentState:
-        return LatentState(diffused, constant)
+    def combine(
+        self, diffused: Data, constant: tuple[Latent, AbstractSchedule | None]
+    ) -> LatentState:
+        return LatentState(diffused, *constant)
 
     def prior_sample(self, key: PRNGKeyArray, shape: tuple[int, ...]) -> LatentState:
         r"""$z \sim p(z)$ and $x_1 \sim \mathcal N(0, I)$."""
         key_z, key_x = jax.random.split(key)
-        z = self.latent.prior_sample(key_z)
-        return LatentState(self.condition(z).prior_sample(key_x, shape), z)
+        u = self.state(jnp.zeros(shape), self.latent.prior_sample(key_z))
+        return self.with_data(u, self.conditioned(u).prior_sample(key_x, shape))
 
     def prior_log_prob(self, u: LatentState) -> Float[Array, ""]:
         r"""$\log \mathcal N(x_1; 0, I)$, given $z$."""
-        return self.condition(u.z).prior_log_prob(u.x)
+        return self.conditioned(u).prior_log_prob(u.x)
 
     def decode(self, u: LatentState, num_levels: int) -> Int[Array, "*shape"]:
-        return self.condition(u.z).decode(u.x, num_levels)
+        return self.conditioned(u).decode(u.x, num_levels)
 
     def network_shape(self, data_shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
         """The data with the leading (channel) axis doubled, `(2 C, H, W)` or `(2 D,)`,
@@ -238,67 +266,67 @@ class MuLAN(AbstractSDEProcess):
     # Everything else: the DiagonalVP of the state's latent, on the data part.
 
     def perturb(self, u0: LatentState, t: Time, eps: Data) -> LatentState:
-        return LatentState(self.condition(u0.z).perturb(u0.x, t, eps), u0.z)
+        return self.with_data(u0, self.conditioned(u0).perturb(u0.x, t, eps))
 
     def marginal_scale(self, u: LatentState, t: Time, eps: Data) -> Data:
-        return self.condition(u.z).marginal_scale(u.x, t, eps)
+        return self.conditioned(u).marginal_scale(u.x, t, eps)
 
     def score_from_eps(self, u: LatentState, t: Time, eps: Data) -> Data:
-        return self.condition(u.z).score_from_eps(u.x, t, eps)
+        return self.conditioned(u).score_from_eps(u.x, t, eps)
 
     def eps_from_score(self, u: LatentState, t: Time, score: Data) -> Data:
-        return self.condition(u.z).eps_from_score(u.x, t, score)
+        return self.conditioned(u).eps_from_score(u.x, t, score)
 
     def eps_from_x0(self, u: LatentState, t: Time, x0: Data) -> Data:
-        return self.condition(u.z).eps_from_x0(u.x, t, x0)
+        return self.conditioned(u).eps_from_x0(u.x, t, x0)
 
     def x0_from_eps(self, u: LatentState, t: Time, eps: Data) -> Data:
-        return self.condition(u.z).x0_from_eps(u.x, t, eps)
+        return self.conditioned(u).x0_from_eps(u.x, t, eps)
 
     def eps_from_v(self, u: LatentState, t: Time, v: Data) -> Data:
-        return self.condition(u.z).eps_from_v(u.x, t, v)
+        return self.conditioned(u).eps_from_v(u.x, t, v)
 
     def v_from_eps(self, u: LatentState, t: Time, eps: Data) -> Data:
-        return self.condition(u.z).v_from_eps(u.x, t, eps)
+        return self.conditioned(u).v_from_eps(u.x, t, eps)
 
     def gamma(self, u: LatentState, t: Time) -> Gamma:
-        return self.condition(u.z).gamma(u.x, t)
+        return self.conditioned(u).gamma(u.x, t)
 
     def log_det_scale(self, u: LatentState, t: Time) -> Float[Array, ""]:
-        return self.condition(u.z).log_det_scale(u.x, t)
+        return self.conditioned(u).log_det_scale(u.x, t)
 
     def decoder_nll(self, u: LatentState, u0: LatentState, num_levels: int) -> Float[Array, ""]:
-        return self.condition(u.z).decoder_nll(u.x, u0.x, num_levels)
+        return self.conditioned(u).decoder_nll(u.x, u0.x, num_levels)
 
     def prior_kl(self, u0: LatentState) -> Float[Array, ""]:
-        return self.condition(u0.z).prior_kl(u0.x)
+        return self.conditioned(u0).prior_kl(u0.x)
 
     def diffusion_loss(self, u: LatentState, t: Time, eps: Data, eps_hat: Data) -> Float[Array, ""]:
-        return self.condition(u.z).diffusion_loss(u.x, t, eps, eps_hat)
+        return self.conditioned(u).diffusion_loss(u.x, t, eps, eps_hat)
 
     def diffusion_loss_discrete(
         self, u: LatentState, s: Time, t: Time, eps: Data, eps_hat: Data
     ) -> Float[Array, ""]:
-        return self.condition(u.z).diffusion_loss_discrete(u.x, s, t, eps, eps_hat)
+        return self.conditioned(u).diffusion_loss_discrete(u.x, s, t, eps, eps_hat)
 
     def ancestral_mean(self, u: LatentState, t: Time, s: Time, eps_hat: Data) -> Data:
-        return self.condition(u.z).ancestral_mean(u.x, t, s, eps_hat)
+        return self.conditioned(u).ancestral_mean(u.x, t, s, eps_hat)
 
     def posterior_noise(self, u: LatentState, t: Time, s: Time, xi: Data) -> Data:
-        return self.condition(u.z).posterior_noise(u.x, t, s, xi)
+        return self.conditioned(u).posterior_noise(u.x, t, s, xi)
 
     def transition_noise(self, u: LatentState, t: Time, s: Time, xi: Data) -> Data:
-        return self.condition(u.z).transition_noise(u.x, t, s, xi)
+        return self.conditioned(u).transition_noise(u.x, t, s, xi)
 
     def drift(self, u: LatentState, t: Time) -> Data:
-        return self.condition(u.z).drift(u.x, t)
+        return self.conditioned(u).drift(u.x, t)
 
     def diffusion_scale(self, u: LatentState, t: Time) -> Gamma:
-        return self.condition(u.z).diffusion_scale(u.x, t)
+        return self.conditioned(u).diffusion_scale(u.x, t)
 
     def noise_apply(self, w: Data) -> Data:
         """White noise: $B = I$."""
         return w
 
     def probability_flow_eps(self, u: LatentState, t: Time, eps: Data) -> Data:
-        return self.condition(u.z).probability_flow_eps(u.x, t, eps)
+        return self.conditioned(u).probability_flow_eps(u.x, t, eps)
