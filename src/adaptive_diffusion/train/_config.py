@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .._latents import SumOfGammaPerturbation
 from ._registry import DEQUANTIZATIONS, check_process_config
 
 
@@ -82,7 +83,7 @@ class ProcessConfig:
     learn_covariance: bool = False
     latent: str = "topk"
     latent_size: int = 0
-    latent_tau: float = 10.0
+    latent_tau: float = SumOfGammaPerturbation.tau
     encoder: str = "conv"
     diffusion: str = "cld"
     num_aux: int = 0

@@ -179,7 +179,7 @@ def _latent(cfg: ProcessConfig) -> AbstractLatent:
         options["size"] = cfg.latent_size
     if family is TopKLatent:
         options["perturbation"] = SumOfGammaPerturbation(tau=cfg.latent_tau)
-    elif cfg.latent_tau != SumOfGammaPerturbation().tau:
+    elif cfg.latent_tau != SumOfGammaPerturbation.tau:
         raise ValueError(
             f"process.latent_tau is the top-k latent's noise temperature; latent="
             f"{cfg.latent} has none. Remove it, or set process.latent=topk."
