@@ -89,6 +89,134 @@ def check_discrete_eagerly(x: Data, num_levels: int) -> None:
             raise ValueError(message)
 
 
+_DIRECT_LEVELS = 64
+"""Grids of at most this many levels are summed term by term: at 64 levels the direct
+sum and `_level_nll`'s window cost the same on XLA:CPU (6.5 ms forward and backward
+for 128 x 192 dimensions); at 256 levels the window is an order of magnitude cheaper
+(`benchmarks/decoder.py`)."""
+
+_WINDOW = 12
+"""Bins summed term by term on each side of the mean's nearest bin; the grid beyond
+them is summed in closed form (`_log_tail`)."""
+
+_STEEP = 2.5
+r"""The slope of $-\log f$ per bin at a tail's first bin above which the tail is taken
+as its first term. Above it the other terms are below $e^{-2.5}$ of the first, and the
+first is at least $W + 1/2$ bins past the mean's nearest bin, so they are a negligible
+part of the whole sum; below it the Euler-Maclaurin remainder is (the tests bound the
+whole normaliser's error against float64 sums)."""
+
+
+def _log_erfcx(z: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    r"""$\log(e^{z^2} \operatorname{erfc} z)$ for $z \ge 0$, without overflow: `erfc`
+    below 5 and the asymptotic series $\frac{1}{z\sqrt\pi} \sum_n (-1)^n (2n-1)!! /
+    (2z^2)^n$ (seven terms) above 5. Absolute error below $1.4 \cdot 10^{-7}$ in float64
+    (at $z = 5$, against `scipy.special.erfcx`), $1.2 \cdot 10^{-6}$ in float32."""
+    small = jnp.minimum(z, 5.0)
+    large = jnp.maximum(z, 5.0)
+    r = 0.5 / jnp.square(large)
+    series = 1.0 + r * (-1.0 + r * (3.0 + r * (-15.0 + r * (105.0 + r * (-945.0 + r * 10395.0)))))
+    asymptotic = jnp.log(series) - jnp.log(large) - 0.5 * np.log(np.pi)
+    return jnp.where(
+        z < 5.0, jnp.log(jax.scipy.special.erfc(small)) + jnp.square(small), asymptotic
+    )
+
+
+def _log_tail(
+    p: Float[Array, "*shape"], q: Float[Array, "*shape"], width: Float[Array, "*shape"]
+) -> Float[Array, "*shape"]:
+    r"""$\log \sum_{k=a}^{b} f(k) / f(a)$ for $f(k) = e^{-(k - u)^2 / (2w^2)}$ on the
+    integers, from $p = (a - u)/w > 0$ and $q = (b - u)/w \ge p$.
+
+    Where $f$ falls slowly at $a$ ($p/w \le$ `_STEEP` nats per bin) this is the
+    Euler-Maclaurin formula $\int_a^b f + \frac{f(a) + f(b)}{2} + \frac{f'(b) - f'(a)}{12}
+    - \frac{f'''(b) - f'''(a)}{720}$, relative to $f(a)$, with the integral through
+    $\operatorname{erfcx}$; where it falls faster, the first term $f(a)$.
+    """
+    smooth = p <= _STEEP * width
+    # The unused branch gets harmless numbers, so that it stays finite under `grad`.
+    p_, q_, w = (jnp.where(smooth, v, 1.0) for v in (p, q, width))
+    d = jnp.exp(0.5 * (p_ - q_) * (p_ + q_))  # f(b) / f(a)
+    # The integral relative to f(a), as a difference of erf near the mean (where erfcx's
+    # values are close to 1 and would cancel) and of erfcx beyond it (where erf's would).
+    p_near = jnp.minimum(p_, 1.0) / np.sqrt(2.0)
+    erf_difference = jax.scipy.special.erf(q_ / np.sqrt(2.0)) - jax.scipy.special.erf(p_near)
+    erfcx_difference = jnp.exp(_log_erfcx(p_ / np.sqrt(2.0))) - d * jnp.exp(
+        _log_erfcx(q_ / np.sqrt(2.0))
+    )
+    difference = jnp.where(p_ < 1.0, jnp.exp(jnp.square(p_near)) * erf_difference, erfcx_difference)
+    integral = w * np.sqrt(np.pi / 2.0) * difference
+    he3_p = p_ * (jnp.square(p_) - 3.0)
+    he3_q = q_ * (jnp.square(q_) - 3.0)
+    corrections = (p_ - d * q_) / (12.0 * w) + (d * he3_q - he3_p) / (720.0 * w**3)
+    relative = integral + 0.5 * (1.0 + d) + corrections
+    return jnp.where(smooth, jnp.log(relative), 0.0)
+
+
+def _level_nll(
+    level: Int[Array, "*shape"],
+    mean: Float[Array, "*shape"],
+    scale: Float[Array, "*shape"],
+    num_levels: int,
+) -> Float[Array, "*shape"]:
+    r"""$-\log p(x) = \log \sum_{k=0}^{L-1} e^{\ell_k - \ell_x}$ per dimension, for data at
+    `level` $j$ (centre $x = x_j$) and logits $\ell_k = -(x_k - m)^2 / (2s^2)$: the
+    $2W + 1$ bins around $m$'s nearest bin term by term and each tail beyond them by
+    `_log_tail`, at a cost that does not grow with $L$ (grids of at most
+    `_DIRECT_LEVELS` levels are summed whole).
+
+    Each exponent is formed from the data's residual $r = x - m$ and the integer offset
+    $k - j$, as $\ell_k - \ell_x = -d_k (2r + d_k) / (2s^2)$ with $d_k = (k - j)\Delta$:
+    the data's own term is exactly 0 with a zero gradient, so a near-certain decoder's
+    value and gradients do not come from cancelling two large logits, and float32
+    resolves the distances near $m$ (in bins, $k - u$ would lose the low digits of
+    $u \approx L/2$). Against float64 sums over every level it is exact to $10^{-8}$ in
+    float64 for means in $[-2, 2]$ and scales of $10^{-3}$ to $10^3$ bins, and to float32
+    rounding in float32 (the tests).
+    """
+    bin_width = 2.0 / num_levels
+    batch = (1,) * mean.ndim
+    j = level[..., None]
+    r = (from_levels(level, num_levels) - mean)[..., None]
+    s = scale[..., None]
+
+    def exponent(k):
+        d = (k - j).astype(r.dtype) * bin_width
+        return -0.5 * (d / s) * ((2.0 * r + d) / s)
+
+    if num_levels <= _DIRECT_LEVELS:
+        return jax.nn.logsumexp(exponent(jnp.arange(num_levels).reshape(batch + (-1,))), -1)
+    # The bins around the mean's nearest, as offsets from the data's bin.
+    u = j + jnp.round(jnp.clip(-r / bin_width, -num_levels, num_levels)).astype(j.dtype)
+    nearest = jnp.clip(u, 0, num_levels - 1)
+    offsets = jnp.arange(-_WINDOW, _WINDOW + 1).reshape(batch + (-1,))
+    ks = nearest + offsets
+    near = jnp.where((ks >= 0) & (ks <= num_levels - 1), exponent(ks), -jnp.inf)
+    width = s / bin_width  # in bins
+    right_start = nearest + _WINDOW + 1
+    left_start = nearest - _WINDOW - 1
+    has_right = right_start <= num_levels - 1
+    has_left = left_start >= 0
+
+    def distance(k):  # (x_k - m) / s
+        return (r + (k - j).astype(r.dtype) * bin_width) / s
+
+    # Distances from the mean to each tail's ends, in scales: positive where the tail
+    # exists; 1 where it does not, so that the unused branch stays finite under `grad`.
+    right = exponent(right_start) + _log_tail(
+        jnp.where(has_right, distance(right_start), 1.0),
+        jnp.where(has_right, distance(num_levels - 1), 1.0),
+        width,
+    )
+    left = exponent(left_start) + _log_tail(
+        jnp.where(has_left, -distance(left_start), 1.0),
+        jnp.where(has_left, -distance(0), 1.0),
+        width,
+    )
+    tails = [jnp.where(has_right, right, -jnp.inf), jnp.where(has_left, left, -jnp.inf)]
+    return jax.nn.logsumexp(jnp.concatenate([near, *tails], -1), -1)
+
+
 def discretized_gaussian_nll(
     x: Data, mean: Data, scale: Float[Array, "..."], num_levels: int
 ) -> Float[Array, ""]:
@@ -96,11 +224,9 @@ def discretized_gaussian_nll(
 
     Each dimension is a categorical over the `num_levels` bin centres $x_k$ with logits
     $-\tfrac12 ((m - x_k)/s)^2$, for location $m$ = `mean` and scale $s$ = `scale`
-    (VDM: $m = z_0/\alpha_0$, $s = \sigma_0/\alpha_0$).
+    (VDM: $m = z_0/\alpha_0$, $s = \sigma_0/\alpha_0$). The normaliser over the bins is
+    summed near $m$ and in closed form beyond (`_level_nll`), so the cost per
+    dimension does not grow with the number of levels.
     """
-    centres = bin_centres(num_levels).reshape((1,) * mean.ndim + (num_levels,))
     scale = jnp.broadcast_to(scale, mean.shape)
-    logits = -0.5 * jnp.square((mean[..., None] - centres) / scale[..., None])
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    k = to_levels(x, num_levels)
-    return -jnp.sum(jnp.take_along_axis(log_probs, k[..., None], axis=-1))
+    return jnp.sum(_level_nll(to_levels(x, num_levels), mean, scale, num_levels))
