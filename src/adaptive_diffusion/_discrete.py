@@ -107,18 +107,18 @@ part of the whole sum; below it the Euler-Maclaurin remainder is (the tests boun
 whole normaliser's error against float64 sums)."""
 
 
-def _log_erfcx(z: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
-    r"""$\log(e^{z^2} \operatorname{erfc} z)$ for $z \ge 0$, without overflow: `erfc`
+def _erfcx(z: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    r"""$e^{z^2} \operatorname{erfc} z$ for $z \ge 0$, without overflow: from `erfc`
     below 5 and the asymptotic series $\frac{1}{z\sqrt\pi} \sum_n (-1)^n (2n-1)!! /
-    (2z^2)^n$ (seven terms) above 5. Absolute error below $1.4 \cdot 10^{-7}$ in float64
-    (at $z = 5$, against `scipy.special.erfcx`), $1.2 \cdot 10^{-6}$ in float32."""
+    (2z^2)^n$ (seven terms) above. Relative error below $1.4 \cdot 10^{-7}$ in float64
+    (at $z = 5$, against `scipy.special.erfcx`), $7 \cdot 10^{-7}$ in float32."""
     small = jnp.minimum(z, 5.0)
     large = jnp.maximum(z, 5.0)
     r = 0.5 / jnp.square(large)
     series = 1.0 + r * (-1.0 + r * (3.0 + r * (-15.0 + r * (105.0 + r * (-945.0 + r * 10395.0)))))
-    asymptotic = jnp.log(series) - jnp.log(large) - 0.5 * np.log(np.pi)
+    asymptotic = series / (large * np.sqrt(np.pi))
     return jnp.where(
-        z < 5.0, jnp.log(jax.scipy.special.erfc(small)) + jnp.square(small), asymptotic
+        z < 5.0, jnp.exp(jnp.square(small)) * jax.scipy.special.erfc(small), asymptotic
     )
 
 
@@ -131,7 +131,7 @@ def _log_tail(
     Where $f$ falls slowly at $a$ ($p/w \le$ `_STEEP` nats per bin) this is the
     Euler-Maclaurin formula $\int_a^b f + \frac{f(a) + f(b)}{2} + \frac{f'(b) - f'(a)}{12}
     - \frac{f'''(b) - f'''(a)}{720}$, relative to $f(a)$, with the integral through
-    $\operatorname{erfcx}$; where it falls faster, the first term $f(a)$.
+    `_erfcx`; where it falls faster, the first term $f(a)$.
     """
     smooth = p <= _STEEP * width
     # The unused branch gets harmless numbers, so that it stays finite under `grad`.
@@ -141,9 +141,7 @@ def _log_tail(
     # values are close to 1 and would cancel) and of erfcx beyond it (where erf's would).
     p_near = jnp.minimum(p_, 1.0) / np.sqrt(2.0)
     erf_difference = jax.scipy.special.erf(q_ / np.sqrt(2.0)) - jax.scipy.special.erf(p_near)
-    erfcx_difference = jnp.exp(_log_erfcx(p_ / np.sqrt(2.0))) - d * jnp.exp(
-        _log_erfcx(q_ / np.sqrt(2.0))
-    )
+    erfcx_difference = _erfcx(p_ / np.sqrt(2.0)) - d * _erfcx(q_ / np.sqrt(2.0))
     difference = jnp.where(p_ < 1.0, jnp.exp(jnp.square(p_near)) * erf_difference, erfcx_difference)
     integral = w * np.sqrt(np.pi / 2.0) * difference
     he3_p = p_ * (jnp.square(p_) - 3.0)
@@ -182,8 +180,11 @@ def _level_nll(
     rho = r / s  # the residual and a bin, in scales: one division per dimension
     step = bin_width / s
 
+    def offset(k):  # (x_k - x) / s
+        return (k - j).astype(r.dtype) * step
+
     def exponent(k):
-        a = (k - j).astype(r.dtype) * step  # (x_k - x) / s
+        a = offset(k)
         return -0.5 * a * (2.0 * rho + a)
 
     if num_levels <= _DIRECT_LEVELS:
@@ -201,7 +202,7 @@ def _level_nll(
     has_left = left_start >= 0
 
     def distance(k):  # (x_k - m) / s
-        return (r + (k - j).astype(r.dtype) * bin_width) / s
+        return rho + offset(k)
 
     # Distances from the mean to each tail's ends, in scales: positive where the tail
     # exists; 1 where it does not, so that the unused branch stays finite under `grad`.
