@@ -19,10 +19,10 @@ in `jax.lax.scan`, the default off CPU). The compile time and peak memory of VDM
 against the batch size is read from XLA's analysis of the compiled step (arguments +
 outputs + temporaries - donated aliases).
 
-On XLA:CPU the convolutions run in YNNPACK by default in recent jaxlib; Eigen's kernels,
-which XLA:CPU used before, are about three times faster for these shapes. To measure
-with them, run with `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`
-(the flags are recorded in the JSON).
+On XLA:CPU recent jaxlib runs convolutions in YNNPACK by default; Eigen's kernels, which
+XLA:CPU used before, are about three times faster for these shapes, and the library's
+train step asks for them (`train.default_compiler_options`). The row "library, XLA
+defaults" is the same step compiled with XLA's defaults (`compiler_options={}`).
 
     python benchmarks/train_step.py [--reps 7] [--scan] [--out PATH]
 
@@ -177,12 +177,16 @@ def batch_of(batch_size: int) -> np.ndarray:
 class Step:
     """One model's compiled train step and its running state."""
 
-    def __init__(self, config, model, batch_size: int):
+    def __init__(self, config, model, batch_size: int, compiler_options=None):
         mesh = train.make_mesh()
         optimizer = train.make_optimizer(config.optimizer, config.steps)
         self.state = train.replicate(mesh, train.init_state(model, optimizer, jr.key(1)))
         self.step = train.make_train_step(
-            train.training_loss, optimizer, mesh, ema_decay=config.optimizer.ema_decay
+            train.training_loss,
+            optimizer,
+            mesh,
+            ema_decay=config.optimizer.ema_decay,
+            compiler_options=compiler_options,
         )
         self.batch = train.shard_batch(mesh, batch_of(batch_size))
         start = time.perf_counter()
@@ -212,12 +216,15 @@ def check_same_function(model) -> float:
 
 
 def compare(name: str, channels: int, n_layers: int, batch_size: int, reps: int, scan: bool):
-    """Rows for the library network (default mode, and with `scan` also `unroll=False`)
-    against the plain reference, timed interleaved."""
+    """Rows for the library network (default mode; compiled with XLA's defaults instead of
+    `train.default_compiler_options`; with `scan` also `unroll=False`) against the plain
+    reference, timed interleaved."""
     config, model = build(channels, n_layers)
     plain = with_plain_network(model)
     max_diff = check_same_function(model)
     steps = {"library": Step(config, model, batch_size), "plain": Step(config, plain, batch_size)}
+    if train.default_compiler_options(train.make_mesh()):
+        steps["library, XLA defaults"] = Step(config, model, batch_size, compiler_options={})
     if scan:
         steps["library, scan"] = Step(config, build(channels, n_layers, False)[1], batch_size)
     times = {k: [] for k in steps}
@@ -250,14 +257,8 @@ def compiled_step(config, model, batch_size: int):
     state = train.replicate(mesh, train.init_state(model, optimizer, jr.key(1)))
     step = train.make_train_step(train.training_loss, optimizer, mesh)
     batch = train.shard_batch(mesh, batch_of(batch_size))
-    arrays, static = eqx.partition(state, eqx.is_array)
-
-    # The step on the state's arrays, the state donated as in the real step.
-    def on_arrays(arrays, batch):
-        return eqx.filter(step(eqx.combine(arrays, static), batch), eqx.is_array)
-
     start = time.perf_counter()
-    compiled = jax.jit(on_arrays, donate_argnums=0).lower(arrays, batch).compile()
+    compiled = step.lower(state, batch).compile()
     return compiled, time.perf_counter() - start
 
 
@@ -272,7 +273,7 @@ def main() -> None:
     load_start = os.getloadavg()
 
     header = (
-        f"{'config':<26} {'network':<14} {'batch':>5} {'compile s':>9} {'step ms':>9} "
+        f"{'config':<26} {'network':<22} {'batch':>5} {'compile s':>9} {'step ms':>9} "
         f"{'vs plain':>8}"
     )
     print(header)
@@ -286,7 +287,7 @@ def main() -> None:
         for row in compare(name, channels, n_layers, batch, args.reps, scan):
             rows.append(row)
             print(
-                f"{row['config']:<26} {row['network']:<14} {row['batch']:>5} "
+                f"{row['config']:<26} {row['network']:<22} {row['batch']:>5} "
                 f"{row['compile_s']:>9.1f} {row['step_ms']:>9.1f} {row['ratio_to_plain']:>8.2f}",
                 flush=True,
             )

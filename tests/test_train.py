@@ -336,3 +336,70 @@ def test_mesh_and_shard_batch_errors():
     assert mesh.axis_names == ("data",) and mesh.size == len(jax.devices())
     batch = train.shard_batch(mesh, {"x": np.zeros((4, 2), np.float32)})
     assert batch["x"].shape == (4, 2)
+
+
+# ------------------------------------------------------------------- compiler options
+
+
+def test_train_step_compiler_options(getkey, monkeypatch):
+    # On CPU the step asks XLA for its own convolution kernels instead of YNNPACK's (a
+    # speed choice, `benchmarks/train_step.py`); XLA_FLAGS setting the same option wins,
+    # and `{}` keeps XLA's defaults. Both compute the same step, up to the order of float32
+    # sums inside the kernels (a few ulps of each value).
+    mesh = train.make_mesh(1)
+    option = "xla_cpu_experimental_ynn_fusion_type"
+    fusions = {option: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+    assert train.default_compiler_options(mesh) == fusions
+    monkeypatch.setenv("XLA_FLAGS", f"--{option}=-individual_convolution")
+    assert train.default_compiler_options(mesh) == {}
+    monkeypatch.undo()
+
+    conv = eqx.nn.Conv2d(2, 3, 3, padding=1, key=getkey())
+    model = eqx.nn.Sequential(
+        [conv, eqx.nn.Lambda(jax.nn.silu), eqx.nn.Conv2d(3, 2, 3, padding=1, key=getkey())]
+    )
+
+    def loss_fn(model, batch, key):
+        noisy = batch + 0.1 * jax.random.normal(key, batch.shape)
+        return jnp.mean((jax.vmap(model)(noisy) - batch) ** 2)
+
+    optimizer = train.make_optimizer(train.OptimizerConfig(lr=1e-2, warmup_steps=0), steps=10)
+    batch = train.shard_batch(mesh, np.asarray(jax.random.normal(getkey(), (4, 2, 8, 8))))
+    results = []
+    for options in (None, {}):
+        step = train.make_train_step(loss_fn, optimizer, mesh, compiler_options=options)
+        assert step.compiler_options == (fusions if options is None else {})
+        state = train.replicate(mesh, train.init_state(model, optimizer, jax.random.key(0)))
+        state, metrics = step(state, batch)
+        results.append((metrics, _snapshot(state.model)))
+    (metrics_a, params_a), (metrics_b, params_b) = results
+    for name in ("loss", "grad_norm"):
+        np.testing.assert_allclose(metrics_a[name], metrics_b[name], rtol=1e-5)
+    for a, b in zip(params_a, params_b, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    # Inside a user's own jit (here a scan over two steps) the step is part of that program
+    # and compiles with its options: the same state as two calls at the top level.
+    step = train.make_train_step(loss_fn, optimizer, mesh)
+    state = train.replicate(mesh, train.init_state(model, optimizer, jax.random.key(0)))
+    params, static = eqx.partition(state, eqx.is_array)
+
+    @jax.jit
+    def two_steps(params):
+        def body(params, _):
+            new_state, metrics = step(eqx.combine(params, static), batch)
+            return eqx.filter(new_state, eqx.is_array), metrics["loss"]
+
+        return jax.lax.scan(body, params, length=2)
+
+    scanned, losses = two_steps(params)
+    for _ in range(2):
+        state, metrics = step(state, batch)
+    np.testing.assert_allclose(losses[1], metrics["loss"], rtol=1e-5)
+    for a, b in zip(_snapshot(eqx.combine(scanned, static).model), _snapshot(state.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    step = train.make_train_step(loss_fn, optimizer, mesh, compiler_options={"xla_no_such": "1"})
+    state = train.replicate(mesh, train.init_state(model, optimizer, jax.random.key(0)))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option: 'xla_no_such'"):
+        step(state, batch)

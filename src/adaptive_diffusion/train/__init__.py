@@ -42,6 +42,7 @@ from ._step import (
     DATA_AXIS as DATA_AXIS,
     batch_sharding as batch_sharding,
     check_nonfinite as check_nonfinite,
+    default_compiler_options as default_compiler_options,
     make_mesh as make_mesh,
     make_train_step as make_train_step,
     param_sharding as param_sharding,

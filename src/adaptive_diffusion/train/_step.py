@@ -7,7 +7,9 @@ all-reduce, so the step computes the same numbers as on one device, up to the or
 floating-point reductions.
 """
 
-from collections.abc import Callable, Sequence
+import functools
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.core import Tracer
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
@@ -98,12 +101,50 @@ def replicate(mesh: Mesh, tree: PyTree) -> PyTree:
     return eqx.filter_shard(tree, param_sharding(mesh))
 
 
+_YNN_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
+# XLA:CPU's default YNNPACK fusions (individual dots, convolutions and reductions; setting
+# all three times the same as the default) less the convolutions.
+_NO_YNN_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
+
+@functools.cache
+def _accepts(option: str, value: str) -> bool:
+    """Whether this jaxlib's CPU compiler knows `option` and takes `value` for it."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={option: value}).lower(1.0).compile()
+    except jax.errors.JaxRuntimeError:
+        return False
+    return True
+
+
+def default_compiler_options(mesh: Mesh) -> dict[str, str]:
+    """XLA compiler options for a train step on `mesh`'s devices: on CPU, convolutions in
+    XLA's own (Eigen) kernels instead of YNNPACK's; elsewhere none.
+
+    Recent jaxlib hands CPU matrix products, reductions and convolutions to YNNPACK. Its
+    3x3 convolution's forward and backward pass is about 3 times slower than Eigen's at
+    UNet sizes on the CPUs measured, which makes the VDM small config's step about 1.5
+    times slower (`benchmarks/train_step.py`); its products and reductions are kept. The
+    option applies to this step's compilation, not to the process, and is left out when
+    `XLA_FLAGS` already sets `--xla_cpu_experimental_ynn_fusion_type` or when this jaxlib
+    does not know it.
+    """
+    if any(device.platform != "cpu" for device in mesh.devices.flat):
+        return {}
+    if _YNN_FUSIONS in os.environ.get("XLA_FLAGS", "") or not _accepts(
+        _YNN_FUSIONS, _NO_YNN_CONVOLUTIONS
+    ):
+        return {}
+    return {_YNN_FUSIONS: _NO_YNN_CONVOLUTIONS}
+
+
 def make_train_step(
     loss_fn: Callable[[Any, Any, PRNGKeyArray], Float[Array, ""]],
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     *,
     ema_decay: float = 0.999,
+    compiler_options: Mapping[str, str] | None = None,
 ) -> "TrainStep":
     r"""The jitted training step `step(state, batch) -> (state, metrics)`.
 
@@ -126,6 +167,9 @@ def make_train_step(
     - `ema_decay`: the decay $d$ of the EMA (ignored when `state.ema` is `None`). Step $n$
       (from 0) uses $\min(d, (1 + n)/(10 + n))$, so the average forgets the initial
       weights within the first few hundred steps instead of carrying $d^n$ of them.
+    - `compiler_options`: XLA options for compiling the step; `None` for
+      [`adaptive_diffusion.train.default_compiler_options`][] of `mesh`, `{}` for XLA's
+      defaults.
 
     **Returns:** the step. `metrics` holds scalars: `loss`, `grad_norm` (before
     clipping), `skipped` (bool) and `nonfinite_count`.
@@ -180,7 +224,8 @@ def make_train_step(
         }
         return new_state, metrics
 
-    return TrainStep(_step)
+    options = default_compiler_options(mesh) if compiler_options is None else compiler_options
+    return TrainStep(_step, dict(options))
 
 
 class TrainStep:
@@ -193,10 +238,18 @@ class TrainStep:
     compile-time constants, one compilation per structure. This is what `eqx.filter_jit`
     does, less its per-call partition and recombination of the whole state, which on 2
     CPU cores cost about 6 ms of a 26 ms digits step (`benchmarks/process_overhead.py`).
+    Called at the top level it compiles with `compiler_options`; called inside another
+    trace (a user's `jax.jit`, or a `jax.lax.scan` over steps) it becomes part of that
+    program, which JAX compiles with the outer function's options.
     """
 
-    def __init__(self, step: Callable[[PyTree, TrainState], tuple[TrainState, dict[str, Array]]]):
+    def __init__(
+        self,
+        step: Callable[[PyTree, TrainState], tuple[TrainState, dict[str, Array]]],
+        compiler_options: dict[str, str] | None = None,
+    ):
         self._step = step
+        self.compiler_options = {} if compiler_options is None else compiler_options
         self._jitted: dict[Any, Any] = {}
 
     def _split(self, state: TrainState):
@@ -221,16 +274,25 @@ class TrainStep:
                 raise ValueError("The training step changed the structure of its state.")
             return [leaf for leaf, a in zip(new_leaves, mask) if a], metrics
 
-        # The state's buffers are donated: no output could reuse the batch's memory.
-        return jax.jit(on_arrays, donate_argnums=1), merge
+        # The state's buffers are donated: no output could reuse the batch's memory. Traced
+        # inside another program (a user's jit or scan over steps) the step is part of that
+        # program, which is compiled with its own options.
+        top_level = jax.jit(on_arrays, donate_argnums=1, compiler_options=self.compiler_options)
+        nested = jax.jit(on_arrays, donate_argnums=1)
+        return top_level, nested, merge
+
+    def _program(self, state: TrainState, batch: PyTree):
+        (top_level, nested, merge), arrays = self._split(state)
+        traced = any(isinstance(x, Tracer) for x in jax.tree.leaves((batch, arrays)))
+        return nested if traced else top_level, merge, arrays
 
     def __call__(self, state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, Array]]:
-        (jitted, merge), arrays = self._split(state)
+        jitted, merge, arrays = self._program(state, batch)
         new_arrays, metrics = jitted(batch, arrays)
         return merge(new_arrays), metrics
 
     def lower(self, state: TrainState, batch: PyTree):
-        (jitted, _), arrays = self._split(state)
+        jitted, _, arrays = self._program(state, batch)
         return jitted.lower(batch, arrays)
 
 
