@@ -246,10 +246,10 @@ class TrainStep:
     def __init__(
         self,
         step: Callable[[PyTree, TrainState], tuple[TrainState, dict[str, Array]]],
-        compiler_options: dict[str, str] | None = None,
+        compiler_options: dict[str, str],
     ):
         self._step = step
-        self.compiler_options = {} if compiler_options is None else compiler_options
+        self.compiler_options = compiler_options
         self._jitted: dict[Any, Any] = {}
 
     def _split(self, state: TrainState):
@@ -283,7 +283,7 @@ class TrainStep:
 
     def _program(self, state: TrainState, batch: PyTree):
         (top_level, nested, merge), arrays = self._split(state)
-        traced = any(isinstance(x, Tracer) for x in jax.tree.leaves((batch, arrays)))
+        traced = any(isinstance(x, Tracer) for x in [*jax.tree.leaves(batch), *arrays])
         return nested if traced else top_level, merge, arrays
 
     def __call__(self, state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, Array]]:
