@@ -52,11 +52,23 @@ from ._losses import (
     AntitheticTimes as AntitheticTimes,
     ArcLengthTimes as ArcLengthTimes,
     LikelihoodWeightedTimes as LikelihoodWeightedTimes,
+    StepTimes as StepTimes,
     UniformTimes as UniformTimes,
     antithetic_times as antithetic_times,
     batch_bound as batch_bound,
     batch_nelbo as batch_nelbo,
+    denoising_loss as denoising_loss,
     nelbo as nelbo,
+)
+from ._noise import (
+    AbstractNoise as AbstractNoise,
+    ExponentialNoise as ExponentialNoise,
+    GaussianNoise as GaussianNoise,
+    GeneralizedGaussianNoise as GeneralizedGaussianNoise,
+    GumbelNoise as GumbelNoise,
+    LaplaceNoise as LaplaceNoise,
+    StudentTNoise as StudentTNoise,
+    UniformNoise as UniformNoise,
 )
 from ._parameterizations import (
     AbstractParameterization as AbstractParameterization,
@@ -73,11 +85,13 @@ from ._parameterizations import (
 from ._processes import (
     ALDA as ALDA,
     CLD as CLD,
+    DDPM as DDPM,
     MALDA as MALDA,
     VP as VP,
     AbstractDataStateProcess as AbstractDataStateProcess,
     AbstractLinearGaussianProcess as AbstractLinearGaussianProcess,
     AbstractLinearMDM as AbstractLinearMDM,
+    AbstractLinearProcess as AbstractLinearProcess,
     AbstractProcess as AbstractProcess,
     AbstractScaledGaussianProcess as AbstractScaledGaussianProcess,
     AbstractSDEProcess as AbstractSDEProcess,
@@ -93,6 +107,8 @@ from ._processes import (
     NonIsotropicVE as NonIsotropicVE,
     NonIsotropicVP as NonIsotropicVP,
     StackedDenoiser as StackedDenoiser,
+    cosine_betas as cosine_betas,
+    linear_betas as linear_betas,
     require_capability as require_capability,
     time_min_for_gamma as time_min_for_gamma,
 )

@@ -28,7 +28,12 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._custom_types import Data, Noise, State, Time
 from ._discrete import check_discrete, check_discrete_eagerly
 from ._parameterizations import AbstractParameterization, as_parameterization
-from ._processes import AbstractLinearGaussianProcess, AbstractProcess, require_capability
+from ._processes import (
+    AbstractLinearGaussianProcess,
+    AbstractLinearProcess,
+    AbstractProcess,
+    require_capability,
+)
 from ._schedules import linear_beta, linear_beta_integral
 
 
@@ -70,13 +75,13 @@ class AbstractTimeSampler(eqx.Module):
 
     @abc.abstractmethod
     def __call__(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time
+        self, process: AbstractLinearProcess, u0: State, uniform: Time
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         """`(t, weight)` for one example with state `u0`, from its uniform number."""
 
     @abc.abstractmethod
     def on_grid(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time, num_steps: int
+        self, process: AbstractLinearProcess, u0: State, uniform: Time, num_steps: int
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         """`(t_i, weight)`: a step $t_i = i/T$, $i \\in \\{1, \\dots, T\\}$, of the grid."""
 
@@ -101,12 +106,12 @@ class UniformTimes(AbstractTimeSampler):
         return jax.random.uniform(key, (batch_size,))
 
     def __call__(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time
+        self, process: AbstractLinearProcess, u0: State, uniform: Time
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         return _unweighted(uniform)
 
     def on_grid(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time, num_steps: int
+        self, process: AbstractLinearProcess, u0: State, uniform: Time, num_steps: int
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         return _grid_step(uniform, num_steps)
 
@@ -128,12 +133,43 @@ class AntitheticTimes(AbstractTimeSampler):
         return antithetic_times(key, batch_size)
 
     def __call__(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time
+        self, process: AbstractLinearProcess, u0: State, uniform: Time
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         return _unweighted(uniform)
 
     def on_grid(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time, num_steps: int
+        self, process: AbstractLinearProcess, u0: State, uniform: Time, num_steps: int
+    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        return _grid_step(uniform, num_steps)
+
+
+class StepTimes(AbstractTimeSampler):
+    r"""DDPM's discrete times: $i \sim U\{1, \dots, T\}$ for every example, at
+    $t_i = (i - 1)/(T - 1)$, where `BetaSchedule` and `DDPM` put their latents
+    $x_1, \dots, x_T$; unweighted. For noise-prediction training (`denoising_loss`);
+    the $T$-step bound has its own grid (`on_grid`, as `UniformTimes`).
+
+    **Arguments:** `num_times`: $T \ge 2$.
+    """
+
+    num_times: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        if self.num_times < 2:
+            raise ValueError(f"StepTimes needs num_times >= 2, got {self.num_times}.")
+
+    def uniforms(self, key: PRNGKeyArray, batch_size: int) -> Float[Array, " batch"]:
+        return jax.random.uniform(key, (batch_size,))
+
+    def __call__(
+        self, process: AbstractLinearProcess, u0: State, uniform: Time
+    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        uniform, weight = _unweighted(uniform)
+        step = jnp.minimum(jnp.floor(uniform * self.num_times), self.num_times - 1)
+        return step / (self.num_times - 1), weight
+
+    def on_grid(
+        self, process: AbstractLinearProcess, u0: State, uniform: Time, num_steps: int
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         return _grid_step(uniform, num_steps)
 
@@ -142,7 +178,7 @@ class AbstractContinuousTimeSampler(AbstractTimeSampler):
     """An importance sampler of the continuous-time bound only: it has no $T$-step form."""
 
     def on_grid(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time, num_steps: int
+        self, process: AbstractLinearProcess, u0: State, uniform: Time, num_steps: int
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         raise ValueError(
             f"{type(self).__name__} weights the continuous-time bound; use num_steps=None, "
@@ -178,7 +214,7 @@ class ArcLengthTimes(AbstractContinuousTimeSampler):
         return self.base.uniforms(key, batch_size)
 
     def __call__(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time
+        self, process: AbstractLinearProcess, u0: State, uniform: Time
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         grid = jnp.linspace(0.0, 1.0, self.num_points)
 
@@ -233,7 +269,7 @@ class LikelihoodWeightedTimes(AbstractContinuousTimeSampler):
         return jnp.log(jnp.expm1(linear_beta_integral(self.beta_min, self.beta_max, t)))
 
     def __call__(
-        self, process: AbstractLinearGaussianProcess, u0: State, uniform: Time
+        self, process: AbstractLinearProcess, u0: State, uniform: Time
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         t_min = process.t_min
         if t_min <= 0.0:
@@ -356,6 +392,42 @@ def nelbo(
         kl = process.diffusion_loss_discrete(u0, s, t, eps, eps_hat)
         diffusion = num_steps * weight * kl
     return assemble_nelbo(x, reconstruction, prior, diffusion, draw.kl)
+
+
+def denoising_loss(
+    process: AbstractLinearProcess,
+    model: Callable[[State, Time], Noise],
+    x: Data,
+    *,
+    key: PRNGKeyArray,
+    parameterization: str | AbstractParameterization = "eps",
+    times: AbstractTimeSampler = UniformTimes(),
+    uniform: Time | None = None,
+) -> Float[Array, ""]:
+    r"""The noise-prediction loss of one example (Ho et al. 2020's $L_{\text{simple}}$):
+    $\frac1n \lVert n - \hat n(u_t, t)\rVert^2$ over the $n$ elements of the diffused
+    part, with $u_0 \sim q(u_0 \mid x)$, $t$ from `times` (times its weight) and
+    $u_t = A_t u_0 + L_t n$ for noise $n$ of the process's own family.
+
+    The training objective of a process without a variational bound (DDPM with
+    non-Gaussian noise); for a Gaussian process it is the bound's diffusion term without
+    its $\gamma'(t)$ weighting. Unitless (the noise has unit variance), not bits/dim.
+
+    **Arguments:** `process` (any linear process), `model`, `x`, `key`,
+    `parameterization` and `uniform` as `nelbo`; `times`: the time sampler
+    (`StepTimes(T)` for DDPM's uniform steps).
+    """
+    require_capability(process, AbstractLinearProcess, "denoising_loss")
+    parameterization = as_parameterization(parameterization)
+    key_t, key_noise = jax.random.split(key)
+    u0 = process.initial_state(auxiliary_key(key), x).state
+    if uniform is None:
+        uniform = jax.random.uniform(key_t)
+    unit, weight = times(process, u0, uniform)
+    t = unit_to_time(process, unit)
+    u_t, eps = process.sample_marginal(key_noise, u0, t)
+    eps_hat = parameterization.to_eps(process, model(u_t, t), u_t, t)
+    return weight * jnp.mean(jnp.square(eps - eps_hat))
 
 
 def batch_bound(

@@ -3,8 +3,8 @@ r"""What a denoising network predicts, as small objects rather than branches.
 A parameterisation turns a network output at $(u_t, t)$ into the white-noise prediction
 $\hat\varepsilon$ used by the bound, and into the score and the probability-flow drift
 used by the likelihood and the samplers, through the process's own conversions (methods
-of `AbstractLinearGaussianProcess`, so every parameterisation works for every process
-that has them):
+of `AbstractLinearProcess`, so every parameterisation works for every process that has
+them; the score needs a Gaussian process):
 
 - `EpsilonPrediction`: the output is $\hat\varepsilon$ (DDPM, VDM).
 - `DataPrediction`: the output is the clean $\hat u_0$;
@@ -23,24 +23,26 @@ from collections.abc import Callable
 import equinox as eqx
 
 from ._custom_types import Noise, State, Time
-from ._processes import AbstractLinearGaussianProcess, AbstractSDEProcess
+from ._processes import (
+    AbstractLinearGaussianProcess,
+    AbstractLinearProcess,
+    AbstractSDEProcess,
+    require_capability,
+)
 
 
 class AbstractParameterization(eqx.Module):
     """How to read a network's output."""
 
     @abc.abstractmethod
-    def to_eps(
-        self, process: AbstractLinearGaussianProcess, output: Noise, u: State, t: Time
-    ) -> Noise:
+    def to_eps(self, process: AbstractLinearProcess, output: Noise, u: State, t: Time) -> Noise:
         r"""The white-noise prediction $\hat\varepsilon$ implied by `output`."""
 
-    def to_score(
-        self, process: AbstractLinearGaussianProcess, output: Noise, u: State, t: Time
-    ) -> Noise:
+    def to_score(self, process: AbstractLinearProcess, output: Noise, u: State, t: Time) -> Noise:
         r"""The score $\nabla_u \log p_t(u) = -L_t^{-\top}\hat\varepsilon$ implied by
         `output`, through $\hat\varepsilon$ (for `ScorePrediction` a round trip that is the
-        identity to float32 rounding)."""
+        identity to float32 rounding). Needs a Gaussian process."""
+        process = require_capability(process, AbstractLinearGaussianProcess, "The score")
         return process.score_from_eps(u, t, self.to_eps(process, output, u, t))
 
     def to_flow(self, process: AbstractSDEProcess, output: Noise, u: State, t: Time) -> Noise:
@@ -52,9 +54,7 @@ class AbstractParameterization(eqx.Module):
 class EpsilonPrediction(AbstractParameterization):
     r"""The network predicts the white noise $\varepsilon$."""
 
-    def to_eps(
-        self, process: AbstractLinearGaussianProcess, output: Noise, u: State, t: Time
-    ) -> Noise:
+    def to_eps(self, process: AbstractLinearProcess, output: Noise, u: State, t: Time) -> Noise:
         return output
 
 
@@ -62,18 +62,14 @@ class DataPrediction(AbstractParameterization):
     r"""The network predicts the clean diffused part $\hat u_0$ (the data, for most
     processes)."""
 
-    def to_eps(
-        self, process: AbstractLinearGaussianProcess, output: Noise, u: State, t: Time
-    ) -> Noise:
+    def to_eps(self, process: AbstractLinearProcess, output: Noise, u: State, t: Time) -> Noise:
         return process.eps_from_x0(u, t, output)
 
 
 class VelocityPrediction(AbstractParameterization):
     r"""The network predicts the velocity $v = \alpha_t \varepsilon - \sigma_t x_0$."""
 
-    def to_eps(
-        self, process: AbstractLinearGaussianProcess, output: Noise, u: State, t: Time
-    ) -> Noise:
+    def to_eps(self, process: AbstractLinearProcess, output: Noise, u: State, t: Time) -> Noise:
         return process.eps_from_v(u, t, output)
 
 
@@ -88,18 +84,15 @@ class EpsilonAsVelocity(AbstractParameterization):
     `EpsilonPrediction` to float32 rounding.
     """
 
-    def to_eps(
-        self, process: AbstractLinearGaussianProcess, output: Noise, u: State, t: Time
-    ) -> Noise:
+    def to_eps(self, process: AbstractLinearProcess, output: Noise, u: State, t: Time) -> Noise:
         return process.eps_from_v(u, t, process.v_from_eps(u, t, output))
 
 
 class ScorePrediction(AbstractParameterization):
     r"""The network predicts the score $\nabla_u \log p_t(u)$ directly."""
 
-    def to_eps(
-        self, process: AbstractLinearGaussianProcess, output: Noise, u: State, t: Time
-    ) -> Noise:
+    def to_eps(self, process: AbstractLinearProcess, output: Noise, u: State, t: Time) -> Noise:
+        process = require_capability(process, AbstractLinearGaussianProcess, "A score network")
         return process.eps_from_score(u, t, output)
 
 
@@ -137,7 +130,7 @@ class AbstractScore(eqx.Module):
         """The score at `(u, t)`."""
 
     @abc.abstractmethod
-    def eps(self, process: AbstractLinearGaussianProcess, u: State, t: Time) -> Noise:
+    def eps(self, process: AbstractLinearProcess, u: State, t: Time) -> Noise:
         r"""The white-noise prediction $\hat\varepsilon = -L_t^\top s(u, t)$."""
 
     @abc.abstractmethod
@@ -153,7 +146,8 @@ class CallableScore(AbstractScore):
     def __call__(self, u: State, t: Time) -> Noise:
         return self.fn(u, t)
 
-    def eps(self, process: AbstractLinearGaussianProcess, u: State, t: Time) -> Noise:
+    def eps(self, process: AbstractLinearProcess, u: State, t: Time) -> Noise:
+        process = require_capability(process, AbstractLinearGaussianProcess, "A score function")
         return process.eps_from_score(u, t, self.fn(u, t))
 
     def probability_flow(self, process: AbstractSDEProcess, u: State, t: Time) -> Noise:
@@ -169,14 +163,14 @@ class ModelScore(AbstractScore):
     per evaluation instead of three.
     """
 
-    process: AbstractLinearGaussianProcess
+    process: AbstractLinearProcess
     model: Callable[[State, Time], Noise]
     parameterization: AbstractParameterization
 
     def __call__(self, u: State, t: Time) -> Noise:
         return self.parameterization.to_score(self.process, self.model(u, t), u, t)
 
-    def eps(self, process: AbstractLinearGaussianProcess, u: State, t: Time) -> Noise:
+    def eps(self, process: AbstractLinearProcess, u: State, t: Time) -> Noise:
         return self.parameterization.to_eps(process, self.model(u, t), u, t)
 
     def probability_flow(self, process: AbstractSDEProcess, u: State, t: Time) -> Noise:
@@ -189,7 +183,7 @@ def as_score(score: Callable[[State, Time], Noise]) -> AbstractScore:
 
 
 def score_fn(
-    process: AbstractLinearGaussianProcess,
+    process: AbstractLinearProcess,
     model: Callable[[State, Time], Noise],
     parameterization: str | AbstractParameterization = "eps",
 ) -> ModelScore:

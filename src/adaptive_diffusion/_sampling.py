@@ -12,9 +12,10 @@ data back and `process.decode(u, num_levels)` gives the decoder's mode.
   (Anderson 1982), integrated with diffrax in reversed time $r = 1 - t$ so the Brownian
   motion runs forwards; Brownian increments come from a `VirtualBrownianTree`.
 - `sample_ancestral`: $u_s \sim q(u_s \mid u_t, \hat u_0)$ on a grid of $T$ steps (VDM's
-  sampler; NI-DDPM's eqs. 18-19 for `NonIsotropicVP`; linear-Gaussian processes).
+  sampler; NI-DDPM's eqs. 18-19 for `NonIsotropicVP`), drawing each step's noise from the
+  process's own family (`sample_noise`: DDPM with Laplace noise steps with Laplace noise).
 - `sample_ddim`: the deterministic DDIM update $u_s = A_s \hat u_0 + L_s \hat\varepsilon$
-  (Song, Meng & Ermon 2021; NI-DDPM's eqs. 20-21).
+  (Song, Meng & Ermon 2021; NI-DDPM's eqs. 20-21). These two need only a linear process.
 - `sample_annealed_langevin`: annealed Langevin dynamics over the noise levels (SMLD,
   Song & Ermon 2019; NI-SMLD), preconditioned by the marginal's noise covariance.
 
@@ -34,7 +35,12 @@ from ._custom_types import Noise, State, Time
 from ._likelihood import ODESolve
 from ._losses import unit_to_time
 from ._parameterizations import AbstractScore, as_score
-from ._processes import AbstractLinearGaussianProcess, AbstractSDEProcess, require_capability
+from ._processes import (
+    AbstractLinearGaussianProcess,
+    AbstractLinearProcess,
+    AbstractSDEProcess,
+    require_capability,
+)
 
 
 def sample_ode(
@@ -156,9 +162,7 @@ def _step_times(num_steps: int) -> Float[Array, " steps"]:
     return jnp.arange(num_steps, 0, -1) / num_steps
 
 
-def _denoised(
-    process: AbstractLinearGaussianProcess, score: AbstractScore, u: State, t: Time
-) -> State:
+def _denoised(process: AbstractLinearProcess, score: AbstractScore, u: State, t: Time) -> State:
     r"""$\mathbb E[u_0 \mid u_t]$ from the score (Tweedie; NI-DDPM eq. 23)."""
     x0 = process.x0_from_eps(u, t, score.eps(process, u, t))
     return process.combine(x0, process.partition(u)[1])
@@ -168,9 +172,7 @@ class AbstractAncestralVariance(eqx.Module):
     r"""The variance of the ancestral sampler's step $t \to s$."""
 
     @abc.abstractmethod
-    def noise(
-        self, process: AbstractLinearGaussianProcess, u: State, t: Time, s: Time, xi: Noise
-    ) -> Noise:
+    def noise(self, process: AbstractLinearProcess, u: State, t: Time, s: Time, xi: Noise) -> Noise:
         """White `xi` scaled to the step's noise."""
 
 
@@ -178,9 +180,7 @@ class PosteriorVariance(AbstractAncestralVariance):
     r"""The variance of $q(u_s \mid u_t, u_0)$ (DDPM's $\tilde\beta_t$; NI-DDPM's eq. 18):
     for VP $\sigma_s^2 c$, $c = 1 - \mathrm{SNR}(t)/\mathrm{SNR}(s)$."""
 
-    def noise(
-        self, process: AbstractLinearGaussianProcess, u: State, t: Time, s: Time, xi: Noise
-    ) -> Noise:
+    def noise(self, process: AbstractLinearProcess, u: State, t: Time, s: Time, xi: Noise) -> Noise:
         return process.posterior_noise(u, t, s, xi)
 
 
@@ -188,14 +188,12 @@ class BetaVariance(AbstractAncestralVariance):
     r"""The variance of the forward transition $q(u_t \mid u_s)$ (DDPM's other choice
     $\sigma_t^2 = \beta_t$; NI-DDPM's eq. 19): for VP $1 - \alpha_t^2/\alpha_s^2$."""
 
-    def noise(
-        self, process: AbstractLinearGaussianProcess, u: State, t: Time, s: Time, xi: Noise
-    ) -> Noise:
+    def noise(self, process: AbstractLinearProcess, u: State, t: Time, s: Time, xi: Noise) -> Noise:
         return process.transition_noise(u, t, s, xi)
 
 
 def sample_ancestral(
-    process: AbstractLinearGaussianProcess,
+    process: AbstractLinearProcess,
     score_fn: Callable[[State, Time], Noise],
     key: PRNGKeyArray,
     shape: tuple[int, ...],
@@ -220,7 +218,7 @@ def sample_ancestral(
     - `denoise`: finish with $\hat u_0(u_{t_{\min}})$ (eq. 23; DDPM's noiseless last
       step), one more score evaluation.
     """
-    require_capability(process, AbstractLinearGaussianProcess, "sample_ancestral")
+    require_capability(process, AbstractLinearProcess, "sample_ancestral")
     score = as_score(score_fn)
     key_prior, key_steps = jax.random.split(key)
     diffused, constant = process.partition(process.prior_sample(key_prior, shape))
@@ -231,7 +229,7 @@ def sample_ancestral(
         s = unit_to_time(process, unit - 1.0 / num_steps)
         u = process.combine(y, constant)
         mean = process.ancestral_mean(u, t, s, score.eps(process, u, t))
-        xi = jax.random.normal(k, y.shape, y.dtype)
+        xi = process.sample_noise(k, y)
         return mean + variance.noise(process, u, t, s, xi), None
 
     keys = jax.random.split(key_steps, num_steps)
@@ -241,7 +239,7 @@ def sample_ancestral(
 
 
 def sample_ddim(
-    process: AbstractLinearGaussianProcess,
+    process: AbstractLinearProcess,
     score_fn: Callable[[State, Time], Noise],
     key: PRNGKeyArray,
     shape: tuple[int, ...],
@@ -258,7 +256,7 @@ def sample_ddim(
     **Arguments:** `process`, `score_fn`, `key` (for the prior draw), `shape` (of the
     data), `num_steps` $T$, and `denoise` (finish with $\hat u_0$, as `sample_ancestral`).
     """
-    require_capability(process, AbstractLinearGaussianProcess, "sample_ddim")
+    require_capability(process, AbstractLinearProcess, "sample_ddim")
     score = as_score(score_fn)
     diffused, constant = process.partition(process.prior_sample(key, shape))
 

@@ -1,11 +1,13 @@
 from ._base import (
     AbstractDataStateProcess as AbstractDataStateProcess,
     AbstractLinearGaussianProcess as AbstractLinearGaussianProcess,
+    AbstractLinearProcess as AbstractLinearProcess,
     AbstractProcess as AbstractProcess,
     AbstractSDEProcess as AbstractSDEProcess,
     InitialState as InitialState,
     require_capability as require_capability,
 )
+from ._ddpm import DDPM as DDPM, cosine_betas as cosine_betas, linear_betas as linear_betas
 from ._mdm import (
     ALDA as ALDA,
     CLD as CLD,

@@ -7,11 +7,13 @@ branch in the core.
 
 - `AbstractProcess`, every forward process: the state built from data, its data part,
   its diffused and constant parts, marginal sampling, the prior, the decoder's mode and
-  the network adapter. Discrete-time DDPM with non-Gaussian noise lives at this tier.
-- `AbstractLinearGaussianProcess`: $u_t = A_t u_0 + L_t \varepsilon$ with
-  $\varepsilon \sim \mathcal N(0, I)$. Adds the closed-form terms of the Gaussian
-  variational bound, the conversions between white noise, clean data, velocity and
-  score, the Gaussian ancestral step and the log-SNR of the data part.
+  the network adapter. It trains by noise-prediction regression on `sample_marginal`.
+- `AbstractLinearProcess`: $u_t = A_t u_0 + L_t n$ with unit noise $n$ of any family
+  (DDPM with non-Gaussian noise lives here). Adds the conversions between the noise,
+  clean data and velocity, the ancestral and DDIM steps and the log-SNR of the data part.
+- `AbstractLinearGaussianProcess`: the same with $n \sim \mathcal N(0, I)$. Adds the
+  score and its conversions, the marginal's density and the closed-form terms of the
+  Gaussian variational bound.
 - `AbstractSDEProcess`: the marginals of a linear SDE $du = f(u, t)\,dt + G(t)\,dW$
   with additive noise $G(t) = \operatorname{diag}(g(t))\,B$, a time-dependent scale
   times a fixed symmetric operator $B$ (the identity, $\Sigma^{1/2}$ by FFT, or an
@@ -160,36 +162,34 @@ class AbstractDataStateProcess(AbstractProcess):
         return net
 
 
-class AbstractLinearGaussianProcess(AbstractProcess):
-    r"""$u_t = A_t u_0 + L_t \varepsilon$, $\varepsilon \sim \mathcal N(0, I)$, acting on
-    the diffused part (the constant parts pass through).
+class AbstractLinearProcess(AbstractProcess):
+    r"""$u_t = A_t u_0 + L_t n$ on the diffused part (the constant parts pass through),
+    with $n$ drawn elementwise from the process's noise family: zero mean and unit
+    variance, Gaussian or not (DDPM with Laplace noise lives here).
 
-    Adds the conversions between the white-noise prediction $\hat\varepsilon$, the clean
-    state $\hat u_0$, the velocity and the score
-    $\nabla \log q(u_t \mid u_0) = -L_t^{-\top}\varepsilon$; the closed-form terms of the
-    variational bound; and the Gaussian reverse step $q(u_s \mid u_t, \hat u_0)$.
+    Everything linear in $n$ holds whatever its distribution: the marginal map, the
+    conversions between the noise prediction $\hat n$, the clean state $\hat u_0$ and
+    the velocity, the reverse step's mean and scales. What needs the Gaussian (a density,
+    the score, the variational bound) is the next tier's.
     """
 
     @abc.abstractmethod
+    def sample_noise(self, key: PRNGKeyArray, like: Noise) -> Noise:
+        r"""Noise $n$ of the process's family, shaped and typed like `like` (the diffused
+        part): what the marginal and the samplers' steps draw."""
+
+    @abc.abstractmethod
     def perturb(self, u0: State, t: Time, eps: Noise) -> State:
-        r"""The marginal map $u_t = A_t u_0 + L_t \varepsilon$ for white `eps`."""
+        r"""The marginal map $u_t = A_t u_0 + L_t n$ for noise `eps`."""
 
     def sample_marginal(self, key: PRNGKeyArray, u0: State, t: Time) -> tuple[State, Noise]:
         diffused, _ = self.partition(u0)
-        eps = jax.random.normal(key, diffused.shape, diffused.dtype)
+        eps = self.sample_noise(key, diffused)
         return self.perturb(u0, t, eps), eps
 
     @abc.abstractmethod
     def marginal_scale(self, u: State, t: Time, eps: Noise) -> Noise:
-        r"""$L_t \varepsilon$: white noise scaled to the marginal's noise."""
-
-    @abc.abstractmethod
-    def score_from_eps(self, u: State, t: Time, eps: Noise) -> Noise:
-        r"""The score implied by a white-noise prediction: $-L_t^{-\top}\hat\varepsilon$."""
-
-    @abc.abstractmethod
-    def eps_from_score(self, u: State, t: Time, score: Noise) -> Noise:
-        r"""The white-noise prediction implied by a score: $-L_t^\top s$."""
+        r"""$L_t n$: unit noise scaled to the marginal's noise."""
 
     @abc.abstractmethod
     def eps_from_x0(self, u: State, t: Time, x0: Noise) -> Noise:
@@ -206,14 +206,50 @@ class AbstractLinearGaussianProcess(AbstractProcess):
 
     @abc.abstractmethod
     def v_from_eps(self, u: State, t: Time, eps: Noise) -> Noise:
-        r"""The velocity $v$ implied by a white-noise prediction (the inverse of
-        `eps_from_v`)."""
+        r"""The velocity $v$ implied by a noise prediction (the inverse of `eps_from_v`)."""
 
     @abc.abstractmethod
     def gamma(self, u: State, t: Time) -> Gamma:
         r"""$\gamma(t) = -\log\mathrm{SNR}$ of the data part at $t$: a scalar, or one value
         per data dimension. Its curves are the schedule pictures; `ArcLengthTimes` spreads
         its times by their speed."""
+
+    @abc.abstractmethod
+    def ancestral_mean(self, u: State, t: Time, s: Time, eps_hat: Noise) -> Noise:
+        r"""The mean of $q(u_s \mid u_t, \hat u_0)$ for Gaussian noise,
+        $\hat u_0$ = `x0_from_eps(u, t, eps_hat)`, for $s < t$ (the diffused part): the
+        ancestral sampler's step, which DDPM keeps for every noise family."""
+
+    @abc.abstractmethod
+    def posterior_noise(self, u: State, t: Time, s: Time, xi: Noise) -> Noise:
+        r"""Unit noise `xi` scaled to the noise of $q(u_s \mid u_t, u_0)$ (DDPM's
+        $\tilde\beta_t$)."""
+
+    @abc.abstractmethod
+    def transition_noise(self, u: State, t: Time, s: Time, xi: Noise) -> Noise:
+        r"""Unit noise `xi` scaled to the noise of the forward transition
+        $q(u_t \mid u_s)$ (DDPM's $\beta_t$)."""
+
+
+class AbstractLinearGaussianProcess(AbstractLinearProcess):
+    r"""$u_t = A_t u_0 + L_t \varepsilon$, $\varepsilon \sim \mathcal N(0, I)$, acting on
+    the diffused part (the constant parts pass through).
+
+    Adds what the Gaussian gives: the score
+    $\nabla \log q(u_t \mid u_0) = -L_t^{-\top}\varepsilon$ and its conversions, the
+    marginal's density, and the closed-form terms of the variational bound.
+    """
+
+    def sample_noise(self, key: PRNGKeyArray, like: Noise) -> Noise:
+        return jax.random.normal(key, like.shape, like.dtype)
+
+    @abc.abstractmethod
+    def score_from_eps(self, u: State, t: Time, eps: Noise) -> Noise:
+        r"""The score implied by a white-noise prediction: $-L_t^{-\top}\hat\varepsilon$."""
+
+    @abc.abstractmethod
+    def eps_from_score(self, u: State, t: Time, score: Noise) -> Noise:
+        r"""The white-noise prediction implied by a score: $-L_t^\top s$."""
 
     @abc.abstractmethod
     def log_det_scale(self, u: State, t: Time) -> Float[Array, ""]:
@@ -247,21 +283,6 @@ class AbstractLinearGaussianProcess(AbstractProcess):
     ) -> Float[Array, ""]:
         r"""$\mathrm{KL}(q(u_s \mid u_t, u_0) \Vert p(u_s \mid u_t))$ at step $t \to s < t$,
         in nats: the finite-$T$ diffusion term is the sum over the $T$ steps."""
-
-    @abc.abstractmethod
-    def ancestral_mean(self, u: State, t: Time, s: Time, eps_hat: Noise) -> Noise:
-        r"""The mean of $q(u_s \mid u_t, \hat u_0)$, $\hat u_0$ = `x0_from_eps(u, t, eps_hat)`,
-        for $s < t$ (the diffused part)."""
-
-    @abc.abstractmethod
-    def posterior_noise(self, u: State, t: Time, s: Time, xi: Noise) -> Noise:
-        r"""White `xi` scaled to the noise of $q(u_s \mid u_t, u_0)$ (DDPM's
-        $\tilde\beta_t$)."""
-
-    @abc.abstractmethod
-    def transition_noise(self, u: State, t: Time, s: Time, xi: Noise) -> Noise:
-        r"""White `xi` scaled to the noise of the forward transition $q(u_t \mid u_s)$
-        (DDPM's $\beta_t$)."""
 
 
 class AbstractSDEProcess(AbstractLinearGaussianProcess):
