@@ -1,0 +1,17 @@
+"""Sample-quality metrics on features of shape `(N, d)` from any extractor."""
+
+from ._frechet import (
+    frechet_distance as frechet_distance,
+    gaussian_frechet_distance as gaussian_frechet_distance,
+)
+from ._kernel import kernel_distance as kernel_distance
+from ._precision_recall import (
+    PrecisionRecall as PrecisionRecall,
+    precision_recall as precision_recall,
+)
+from ._resampling import (
+    Interval as Interval,
+    Spread as Spread,
+    bootstrap as bootstrap,
+    subsets as subsets,
+)
