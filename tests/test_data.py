@@ -88,6 +88,10 @@ def test_digits():
     np.testing.assert_array_equal(DigitsSource("test").images, test.images)
     other = DigitsSource("test", seed=1, num_test=100)
     assert len(other) == 100 and not np.array_equal(other.indices, test.indices[:100])
+    from sklearn.datasets import load_digits
+
+    np.testing.assert_array_equal(test.labels, load_digits().target[test.indices])
+    assert set(train.labels) == set(range(10))
 
 
 @pytest.mark.parametrize("patch_size", [16, 32])
@@ -113,6 +117,12 @@ def test_sample_image_patches(patch_size):
         train_cols = train.origins[train.origins[:, 0] == p, 2]
         test_cols = test.origins[test.origins[:, 0] == p, 2]
         assert train_cols.max() + patch_size - 1 + train.guard < test_cols.min()
+    # Labels are the source region 4 * photo + quarter of the height; both splits hold all.
+    for source in (train, test):
+        height = np.asarray([photos[p].shape[0] for p in source.origins[:, 0]])
+        expected = 4 * source.origins[:, 0] + source.origins[:, 1] // (height / 4)
+        np.testing.assert_array_equal(source.labels, expected)
+        assert set(source.labels) == set(range(8))
     # Non-overlapping by default; a smaller stride gives overlapping, more patches.
     assert len(SampleImagePatchesSource("test", patch_size=16, stride=8)) > 3 * len(test) // 2
     with pytest.raises(ValueError, match="too small"):

@@ -159,3 +159,57 @@ def test_bad_options_are_named():
         metrics.subsets(metrics.kernel_distance, a, a, subset_size=11)
     with pytest.raises(ValueError, match="level"):
         metrics.bootstrap(metrics.frechet_distance, a, a, level=1.5)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from adaptive_diffusion.data import DigitsSource
+
+    return DigitsSource("train"), DigitsSource("test")
+
+
+def _centres(source):
+    from adaptive_diffusion.data import levels_to_centres
+
+    return levels_to_centres(source.images, source.num_levels)
+
+
+def test_classifier_features_train_cache_and_separate(digits, tmp_path):
+    """300 steps already classify held-out digits well; the cache returns the same
+    weights without retraining, a second training elsewhere gives the same weights
+    (deterministic), and the features tell digits from shuffled-pixel digits."""
+    train, test = digits
+    first = metrics.classifier_features(train, cache_dir=tmp_path / "a", test=test, steps=300)
+    assert first.accuracy is not None and first.accuracy > 0.9
+    (cached,) = (tmp_path / "a").iterdir()
+    stamp = cached.stat().st_mtime_ns
+    again = metrics.classifier_features(train, cache_dir=tmp_path / "a", test=test, steps=300)
+    assert cached.stat().st_mtime_ns == stamp
+    fresh = metrics.classifier_features(train, cache_dir=tmp_path / "b", steps=300)
+    images = _centres(test)
+    features = first(images)
+    assert features.shape == (len(test), 64) and features.dtype == np.float64
+    np.testing.assert_array_equal(again(images), features)
+    np.testing.assert_array_equal(fresh(images), features)
+    # Shuffling each digit's pixels keeps its grey-level histogram, not its shape.
+    rng = np.random.default_rng(9)
+    flat = images.reshape(len(images), -1)
+    shuffled = np.stack([row[rng.permutation(64)] for row in flat]).reshape(images.shape)
+    reference = first(_centres(train))
+    assert metrics.frechet_distance(reference, first(shuffled)) > 5 * metrics.frechet_distance(
+        reference, features
+    )
+
+
+def test_classifier_features_errors(digits, tmp_path):
+    from adaptive_diffusion.data import ArraySource
+
+    train, _ = digits
+    unlabelled = ArraySource(train.images, train.num_levels)
+    with pytest.raises(ValueError, match="no labels.*your own extractor"):
+        metrics.classifier_features(unlabelled, cache_dir=tmp_path)
+    metrics.classifier_features(train, cache_dir=tmp_path, steps=2)
+    (cached,) = tmp_path.iterdir()
+    cached.write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="cannot be read.*delete it"):
+        metrics.classifier_features(train, cache_dir=tmp_path, steps=2)

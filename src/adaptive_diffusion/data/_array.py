@@ -3,7 +3,7 @@
 import os
 
 import numpy as np
-from jaxtyping import UInt8
+from jaxtyping import Int, UInt8
 
 from ._base import AbstractImageSource, check_file
 
@@ -23,6 +23,7 @@ class ArraySource(AbstractImageSource):
 
     images: UInt8[np.ndarray, "n c h w"]
     num_levels: int
+    labels: Int[np.ndarray, " n"] | None
 
     def __init__(self, images: np.ndarray, num_levels: int):
         images = np.asarray(images)
@@ -43,6 +44,7 @@ class ArraySource(AbstractImageSource):
             )
         self.images = images.astype(np.uint8, copy=False)
         self.num_levels = num_levels
+        self.labels = None
 
     @classmethod
     def from_file(

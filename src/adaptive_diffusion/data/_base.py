@@ -24,6 +24,9 @@ class AbstractImageSource(eqx.Module):
     - `images`: uint8 array of shape `(N, C, H, W)`.
     - `num_levels`: the number $L$ of levels, $2 \le L \le 256$; every value of
       `images` is below it.
+    - `labels`: an integer class per image, `(N,)`, or `None` where the data have none;
+      the default feature extractor of the sample-quality metrics is a classifier of
+      them (`adaptive_diffusion.metrics.train_classifier`).
 
     `len(source)` is $N$; `source[i]` is image `i`, `(C, H, W)`, and `source[idx]` for
     an integer array `idx` of shape `(B,)` gathers a batch `(B, C, H, W)`.
@@ -31,6 +34,7 @@ class AbstractImageSource(eqx.Module):
 
     images: eqx.AbstractVar[UInt8[np.ndarray, "n c h w"]]
     num_levels: eqx.AbstractVar[int]
+    labels: eqx.AbstractVar[Int[np.ndarray, " n"] | None]
 
     def __check_init__(self):
         if not 2 <= self.num_levels <= 256:
@@ -40,6 +44,11 @@ class AbstractImageSource(eqx.Module):
             )
         if len(self.images) == 0:
             raise ValueError(f"{type(self).__name__}: the source holds no images.")
+        if self.labels is not None and self.labels.shape != (len(self.images),):
+            raise ValueError(
+                f"{type(self).__name__}: labels have shape {self.labels.shape}; expected "
+                f"({len(self.images)},), one per image."
+            )
         if self.num_levels < 256 and int(self.images.max()) >= self.num_levels:
             raise ValueError(
                 f"{type(self).__name__}: images hold level {int(self.images.max())}, but "

@@ -5,7 +5,7 @@ import pickle
 from typing import Literal
 
 import numpy as np
-from jaxtyping import UInt8
+from jaxtyping import Int, UInt8
 
 from ._base import AbstractImageSource, check_file, flat_to_images
 
@@ -51,6 +51,7 @@ class CIFAR10Source(AbstractImageSource):
 
     images: UInt8[np.ndarray, "n 3 32 32"]
     num_levels: int
+    labels: Int[np.ndarray, " n"] | None
     split: Literal["train", "test"]
 
     def __init__(self, directory: str | os.PathLike, split: Literal["train", "test"] = "train"):
@@ -64,4 +65,5 @@ class CIFAR10Source(AbstractImageSource):
         batches = [_read_batch(os.path.join(directory, name)) for name in names]
         self.images = np.concatenate(batches) if len(batches) > 1 else batches[0]
         self.num_levels = 256
+        self.labels = None
         self.split = split

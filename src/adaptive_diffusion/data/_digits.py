@@ -3,7 +3,7 @@
 from typing import Literal, cast
 
 import numpy as np
-from jaxtyping import UInt8
+from jaxtyping import Int, UInt8
 from sklearn.datasets import load_digits
 from sklearn.utils import Bunch
 
@@ -27,12 +27,14 @@ class DigitsSource(AbstractImageSource):
     - `num_test`: the size of the test split (default 297, leaving 1500 for training).
     - `seed`: the seed of the permutation; train and test of the same seed are disjoint.
 
-    **Fields:** `images` (uint8, `(N, 1, 8, 8)`), `num_levels` (17), `indices` (the
-    positions of the images in `load_digits()`), and the arguments.
+    **Fields:** `images` (uint8, `(N, 1, 8, 8)`), `num_levels` (17), `labels` (the digit,
+    0 .. 9), `indices` (the positions of the images in `load_digits()`), and the
+    arguments.
     """
 
     images: UInt8[np.ndarray, "n 1 8 8"]
     num_levels: int
+    labels: Int[np.ndarray, " n"] | None
     indices: np.ndarray
     split: Literal["train", "test"]
     num_test: int
@@ -54,6 +56,7 @@ class DigitsSource(AbstractImageSource):
         self.indices = np.sort(chosen)
         self.images = digits[self.indices, None].astype(np.uint8)
         self.num_levels = 17
+        self.labels = np.asarray(bunch.target, np.int64)[self.indices]
         self.split = split
         self.num_test = num_test
         self.seed = seed

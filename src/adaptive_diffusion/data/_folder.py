@@ -5,7 +5,7 @@ import pathlib
 from typing import Literal
 
 import numpy as np
-from jaxtyping import UInt8
+from jaxtyping import Int, UInt8
 from PIL import Image, UnidentifiedImageError
 
 from ._base import AbstractImageSource
@@ -46,6 +46,7 @@ class ImageFolderSource(AbstractImageSource):
 
     images: UInt8[np.ndarray, "n c h w"]
     num_levels: int
+    labels: Int[np.ndarray, " n"] | None
     files: tuple[str, ...]
 
     def __init__(
@@ -83,4 +84,5 @@ class ImageFolderSource(AbstractImageSource):
             images.append(image)
         self.images = np.stack(images)
         self.num_levels = 256
+        self.labels = None
         self.files = tuple(os.fspath(p) for p in paths)

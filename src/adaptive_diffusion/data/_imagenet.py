@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from jaxtyping import UInt8
+from jaxtyping import Int, UInt8
 
 from ._base import AbstractImageSource, check_file, check_flat_layout, flat_to_images
 
@@ -55,6 +55,7 @@ class ImageNet32Source(AbstractImageSource):
 
     images: UInt8[np.ndarray, "n 3 32 32"]
     num_levels: int
+    labels: Int[np.ndarray, " n"] | None
     split: Literal["train", "validation"]
     files: tuple[str, ...]
 
@@ -96,5 +97,6 @@ class ImageNet32Source(AbstractImageSource):
             start += size
         self.images = images
         self.num_levels = 256
+        self.labels = None
         self.split = split
         self.files = tuple(paths)

@@ -33,13 +33,16 @@ class SampleImagePatchesSource(AbstractImageSource):
     - `guard`: the width in pixels of the unused band between the two regions.
 
     **Fields:** `images` (uint8, `(N, 3, P, P)`), `num_levels` (256), `origins`
-    (`(N, 3)`: photo index, row and column of each patch's top-left pixel), and the
-    arguments.
+    (`(N, 3)`: photo index, row and column of each patch's top-left pixel), `labels`
+    (the source region, 0 .. 7: `4 * photo + band`, with `band` the quarter of the
+    photo's height holding the patch's top row; train and test patches share the bands,
+    as the split is by columns), and the arguments.
     """
 
     images: UInt8[np.ndarray, "n 3 p p"]
     num_levels: int
     origins: Int[np.ndarray, "n 3"]
+    labels: Int[np.ndarray, " n"] | None
     split: Literal["train", "test"]
     patch_size: int
     stride: int
@@ -86,6 +89,8 @@ class SampleImagePatchesSource(AbstractImageSource):
         self.images = np.ascontiguousarray(np.stack(patches))
         self.num_levels = 256
         self.origins = np.asarray(origins, dtype=np.int64)
+        heights = np.asarray([photos[p].shape[0] for p in self.origins[:, 0]])
+        self.labels = 4 * self.origins[:, 0] + (4 * self.origins[:, 1]) // heights
         self.split = split
         self.patch_size = patch_size
         self.stride = stride

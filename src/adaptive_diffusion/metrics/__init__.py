@@ -1,5 +1,12 @@
 """Sample-quality metrics on features of shape `(N, d)` from any extractor."""
 
+from ._extractor import (
+    ClassifierFeatures as ClassifierFeatures,
+    FeatureExtractor as FeatureExtractor,
+    accuracy as accuracy,
+    classifier_features as classifier_features,
+    train_classifier as train_classifier,
+)
 from ._frechet import (
     frechet_distance as frechet_distance,
     gaussian_frechet_distance as gaussian_frechet_distance,

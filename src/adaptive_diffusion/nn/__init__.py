@@ -1,5 +1,7 @@
-"""Denoising networks: `model(x_t, t)` for one example, predicting the noise."""
+"""Networks for one example: denoisers `model(x_t, t)` predicting the noise, MuLAN's
+encoders, and the classifier behind the sample-quality metrics' features."""
 
+from ._classifier import Classifier as Classifier
 from ._embeddings import (
     fourier_features as fourier_features,
     matched_fourier_exponents as matched_fourier_exponents,
