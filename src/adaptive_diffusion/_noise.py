@@ -71,6 +71,11 @@ def _float(dtype: DTypeLike | None):
     return jnp.result_type(float) if dtype is None else dtype
 
 
+def _inexact(x: ArrayLike) -> Array:
+    """`x` as a floating array, keeping a floating input's precision."""
+    return jnp.asarray(x, jnp.result_type(x, float))
+
+
 class GaussianNoise(AbstractNoise):
     r"""The standard normal $\mathcal N(0, 1)$."""
 
@@ -78,7 +83,7 @@ class GaussianNoise(AbstractNoise):
         return jr.normal(key, shape, _float(dtype))
 
     def log_prob(self, x):
-        x = jnp.asarray(x, jnp.result_type(x, float))
+        x = _inexact(x)
         return -0.5 * (x**2 + math.log(2 * math.pi))
 
     @property
@@ -102,7 +107,7 @@ class LaplaceNoise(AbstractNoise):
         return jr.laplace(key, shape, _float(dtype)) * math.sqrt(0.5)
 
     def log_prob(self, x):
-        x = jnp.asarray(x, jnp.result_type(x, float))
+        x = _inexact(x)
         return -jnp.abs(x) * math.sqrt(2.0) - math.log(math.sqrt(2.0))
 
     @property
@@ -122,7 +127,7 @@ class UniformNoise(AbstractNoise):
         return jr.uniform(key, shape, _float(dtype), minval=-half, maxval=half)
 
     def log_prob(self, x):
-        x = jnp.asarray(x, jnp.result_type(x, float))
+        x = _inexact(x)
         inside = jnp.abs(x) <= math.sqrt(3.0)
         return jnp.where(inside, -math.log(2 * math.sqrt(3.0)), -jnp.inf)
 
@@ -145,7 +150,7 @@ class GumbelNoise(AbstractNoise):
         return (jr.gumbel(key, shape, _float(dtype)) - _EULER_GAMMA) / scale
 
     def log_prob(self, x):
-        x = jnp.asarray(x, jnp.result_type(x, float))
+        x = _inexact(x)
         scale = math.pi / math.sqrt(6.0)
         g = _EULER_GAMMA + scale * x
         return math.log(scale) - g - jnp.exp(-g)
@@ -166,7 +171,7 @@ class ExponentialNoise(AbstractNoise):
         return jr.exponential(key, shape, _float(dtype)) - 1.0
 
     def log_prob(self, x):
-        x = jnp.asarray(x, jnp.result_type(x, float))
+        x = _inexact(x)
         return jnp.where(x >= -1.0, -(x + 1.0), -jnp.inf)
 
     @property
@@ -200,7 +205,7 @@ class StudentTNoise(AbstractNoise):
         return jr.t(key, self.df, shape, _float(dtype)) * self._scale()
 
     def log_prob(self, x):
-        x = jnp.asarray(x, jnp.result_type(x, float))
+        x = _inexact(x)
         nu, scale = self.df, self._scale()
         log_norm = (
             math.lgamma(0.5 * (nu + 1))
@@ -246,7 +251,7 @@ class GeneralizedGaussianNoise(AbstractNoise):
         return self._scale() * sign * radius
 
     def log_prob(self, x):
-        x = jnp.asarray(x, jnp.result_type(x, float))
+        x = _inexact(x)
         p, a = self.power, self._scale()
         log_norm = math.log(p) - math.log(2 * a) - math.lgamma(1 / p)
         return log_norm - jnp.abs(x / a) ** p

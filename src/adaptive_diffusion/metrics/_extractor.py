@@ -155,10 +155,8 @@ def classifier_features(
         )
     name = _fingerprint(train, seed=seed, steps=steps, version=1)
     path = pathlib.Path(cache_dir) / f"classifier-{type(train).__name__}-{name}.eqx"
-    images = levels_to_centres(train.images, train.num_levels)
-    classes = int(train.labels.max()) + 1
     if path.exists():
-        like = Classifier(images.shape[1:], classes, key=jax.random.key(0))
+        like = Classifier(train.shape, int(train.labels.max()) + 1, key=jax.random.key(0))
         try:
             classifier = eqx.tree_deserialise_leaves(path, like)
         except Exception as e:
@@ -167,6 +165,7 @@ def classifier_features(
                 f"({type(e).__name__}: {e}); delete it to retrain."
             ) from e
     else:
+        images = levels_to_centres(train.images, train.num_levels)
         classifier = train_classifier(images, train.labels, key=jax.random.key(seed), steps=steps)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
