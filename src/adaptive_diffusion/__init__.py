@@ -96,6 +96,7 @@ from ._processes import (
     AbstractScaledGaussianProcess as AbstractScaledGaussianProcess,
     AbstractSDEProcess as AbstractSDEProcess,
     AbstractVPProcess as AbstractVPProcess,
+    CapabilityError as CapabilityError,
     DiagonalVP as DiagonalVP,
     InitialState as InitialState,
     LatentDenoiser as LatentDenoiser,

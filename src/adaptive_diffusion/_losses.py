@@ -19,6 +19,7 @@ for bits per dimension, $D$ the number of data dimensions.
 import abc
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import equinox as eqx
 import jax
@@ -35,6 +36,9 @@ from ._processes import (
     require_capability,
 )
 from ._schedules import linear_beta, linear_beta_integral
+
+
+_Out = TypeVar("_Out")
 
 
 class NELBO(eqx.Module):
@@ -431,18 +435,19 @@ def denoising_loss(
 
 
 def batch_bound(
-    bound: Callable[[Data, PRNGKeyArray, Float[Array, ""]], NELBO],
+    bound: Callable[[Data, PRNGKeyArray, Float[Array, ""]], _Out],
     xs: Float[Array, " batch *shape"],
     *,
     key: PRNGKeyArray,
     times: AbstractTimeSampler = AntitheticTimes(),
-) -> NELBO:
-    """A per-example bound over a batch: `bound(x, key, uniform)` under `vmap`, each example
-    with its own key and uniform number from `times.uniforms` (VDM's low-discrepancy
-    times by default); each field of the result has shape `(batch,)`.
+) -> _Out:
+    """A per-example bound or loss over a batch: `bound(x, key, uniform)` under `vmap`,
+    each example with its own key and uniform number from `times.uniforms` (VDM's
+    low-discrepancy times by default); each leaf of the result (each field of a `NELBO`)
+    has shape `(batch,)`.
 
-    The one place the batch's keys are split, so every batched bound (`batch_nelbo`,
-    the training model's `nelbo`) uses them alike.
+    The one place the batch's keys are split, so every batched objective (`batch_nelbo`,
+    the training model's `nelbo` and `denoising`) uses them alike.
     """
     key_t, key_rest = jax.random.split(key)
     uniforms = times.uniforms(key_t, xs.shape[0])

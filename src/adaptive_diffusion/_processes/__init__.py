@@ -4,6 +4,7 @@ from ._base import (
     AbstractLinearProcess as AbstractLinearProcess,
     AbstractProcess as AbstractProcess,
     AbstractSDEProcess as AbstractSDEProcess,
+    CapabilityError as CapabilityError,
     InitialState as InitialState,
     require_capability as require_capability,
 )

@@ -133,6 +133,11 @@ class AbstractProcess(eqx.Module):
         `model(u_t, t)` that the core's bound, likelihood and samplers take, predicting
         an array shaped like the diffused part."""
 
+    def limitation(self) -> str:
+        """Why this process lacks the capabilities of the tiers above it, in a sentence
+        for the error of `require_capability` (empty when there is nothing to say)."""
+        return ""
+
 
 class AbstractDataStateProcess(AbstractProcess):
     """A process whose state is the data itself: no auxiliary parts, nothing constant."""
@@ -329,12 +334,18 @@ class AbstractSDEProcess(AbstractLinearGaussianProcess):
 _Tier = TypeVar("_Tier", bound=AbstractProcess)
 
 
+class CapabilityError(TypeError):
+    """A process asked for something its tier does not offer (`require_capability`)."""
+
+
 def require_capability(process: AbstractProcess, tier: type[_Tier], what: str) -> _Tier:
-    """`process` itself if it has the capabilities of `tier`, else a `TypeError` naming
-    what needed them: the one check the core makes at its boundary, never a dispatch."""
+    """`process` itself if it has the capabilities of `tier`, else a `CapabilityError`
+    naming what needed them and, where the process says, why it lacks them: the one check
+    the core makes at its boundary, never a dispatch."""
     if not isinstance(process, tier):
-        raise TypeError(
+        why = process.limitation()
+        raise CapabilityError(
             f"{what} needs a process with the capabilities of {tier.__name__}; "
-            f"{type(process).__name__} does not have them."
+            f"{type(process).__name__} does not have them." + (f" {why}" if why else "")
         )
     return process

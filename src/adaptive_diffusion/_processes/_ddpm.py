@@ -65,6 +65,20 @@ class DDPM(AbstractLinearProcess, AbstractDataStateProcess):
     def t_min(self) -> float:
         return 0.0
 
+    def limitation(self) -> str:
+        if self.noise.is_gaussian:
+            return (
+                "DDPM is a linear process only; with Gaussian noise its marginals are those "
+                "of process.as_vp(), which has the bound and the ODE likelihood: evaluate "
+                "the network with that process."
+            )
+        return (
+            f"With {type(self.noise).__name__} the marginals define no Markov chain and the "
+            "network's regression target E[n | x_t] is not the score, so no variational "
+            "bound or ODE likelihood exists (see ad.DDPM); train with the denoising "
+            "loss and compare by sample quality (FID, KID, precision/recall)."
+        )
+
     def sample_noise(self, key: PRNGKeyArray, like: Data) -> Data:
         return self.noise.sample(key, like.shape, like.dtype)
 

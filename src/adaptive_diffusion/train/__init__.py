@@ -18,6 +18,7 @@ from ._config import (
     load_config as load_config,
 )
 from ._evaluate import (
+    METHODS as METHODS,
     SAMPLERS as SAMPLERS,
     BitsPerDim as BitsPerDim,
     evaluate as evaluate,
@@ -32,7 +33,9 @@ from ._optim import (
 )
 from ._plots import plot_schedule as plot_schedule, save_image_grid as save_image_grid
 from ._registry import (
+    BETAS as BETAS,
     DEQUANTIZATIONS as DEQUANTIZATIONS,
+    NOISES as NOISES,
     PROCESS_KINDS as PROCESS_KINDS,
     ProcessKind as ProcessKind,
 )

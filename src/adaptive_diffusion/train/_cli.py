@@ -2,7 +2,7 @@
 
     adaptive-diffusion train  --config digits [--workdir runs/digits] [--set optimizer.lr=1e-3]
                               [--resume] [--distributed]
-    adaptive-diffusion eval   --checkpoint runs/digits --method elbo|vlb|ode
+    adaptive-diffusion eval   --checkpoint runs/digits --method elbo|vlb|ode|denoising
     adaptive-diffusion sample --checkpoint runs/digits --num 64 --out samples.png
 
 `--config` takes a YAML file or the name of a shipped config (`digits`, `cifar10`,
@@ -20,9 +20,10 @@ from importlib import resources
 
 import jax
 
+from .._processes import CapabilityError
 from ._checkpoint import Checkpointer, ConfigMismatchError
 from ._config import Config
-from ._evaluate import SAMPLERS, evaluate, generate
+from ._evaluate import METHODS, SAMPLERS, evaluate, generate
 from ._plots import save_image_grid
 from ._registry import DEQUANTIZATIONS
 from ._trainer import eval_model, setup, train
@@ -33,6 +34,7 @@ SHIPPED_CONFIGS = (
     "digits_nonisotropic",
     "digits_mulan",
     "digits_mdm",
+    "digits_ddpm",
     "patches",
     "patches_mulan",
     "cifar10",
@@ -145,7 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("eval", help="held-out bits/dim of a trained model")
     p.add_argument("--checkpoint", required=True, help="the run folder (its --workdir)")
-    p.add_argument("--method", choices=("elbo", "vlb", "ode"), default="elbo")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="elbo",
+        help="elbo, vlb, ode: bits/dim (a process with that capability); denoising: the "
+        "noise-prediction MSE (every process)",
+    )
     p.add_argument("--num-examples", type=int, help="test examples (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-steps", type=int, default=1000, help="steps T of the vlb method")
@@ -221,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         {
                             "step": step,
                             "method": result.method,
-                            "bpd": result.mean,
+                            "value": result.mean,
+                            "unit": result.unit,
                             "stderr": result.stderr,
                             "ci95": list(result.ci95),
                             "num_examples": len(result.values),
@@ -243,7 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if jax.process_index() == 0:
                 save_image_grid(levels, model.num_levels, args.out)
                 print(f"step {step}: {args.num} samples ({args.sampler}) written to {args.out}")
-    except (FileNotFoundError, FileExistsError, ConfigMismatchError, ConfigError) as error:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        ConfigMismatchError,
+        ConfigError,
+        CapabilityError,
+    ) as error:
         print(f"adaptive-diffusion {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -34,8 +34,11 @@ class ProcessConfig:
     - `kind`: `"vp"`, the scalar variance-preserving process of VDM; `"nonisotropic"`,
       the same with Gaussian-free-field noise $\Sigma^{1/2}\varepsilon$ (NI-DDPM);
       `"mulan"`, a per-dimension schedule $\gamma(z, t)$ conditioned on an auxiliary
-      latent $z \sim q(z \mid x)$ (MuLAN); or `"mdm"`, a linear multivariate diffusion
-      with auxiliary variables (its own linear $\beta(t)$; no schedule options).
+      latent $z \sim q(z \mid x)$ (MuLAN); `"mdm"`, a linear multivariate diffusion
+      with auxiliary variables (its own linear $\beta(t)$; no schedule options); or
+      `"ddpm"`, discrete-time DDPM with a noise family of its own (Gaussian or not),
+      trained by noise regression on its uniform steps; it has no likelihood, see
+      `ad.DDPM`.
     - `schedule`: `"linear"`, `"cosine"` or `"learned"` (VDM's monotone network; for
       `"mulan"`, that network conditioned on $z$ with one output per dimension), or
       `"polynomial"` (`"mulan"` only: MuLAN's degree-5 polynomial per dimension).
@@ -68,6 +71,15 @@ class ProcessConfig:
       `"antithetic"`): `"antithetic"`, VDM's low-discrepancy uniform times, or
       `"likelihood"`, the same numbers importance-sampled by VP's likelihood weighting on
       the process's own $\beta$ (`ad.LikelihoodWeightedTimes`, the MDM reference's).
+    - `noise`: DDPM's noise family (`"ddpm"` only): `"gaussian"`, `"laplace"`,
+      `"uniform"`, `"gumbel"`, `"exponential"` (centred), `"student_t"` or
+      `"generalized_gaussian"`, each with mean 0 and variance 1 (`train.NOISES`).
+    - `noise_shape`: Student-t's degrees of freedom ($> 2$; 5 by default) or the
+      generalised Gaussian's power ($> 0$; 1, the Laplace, by default); 0 for the default.
+    - `betas`: DDPM's $\beta$ schedule (`"ddpm"` only): `"linear"` ($10^{-4}$ to 0.02,
+      Ho et al.) or `"cosine"` (Nichol & Dhariwal).
+    - `num_steps`: DDPM's number $T$ of latents (`"ddpm"` only); its ancestral sampler is
+      `eval.sample_steps = T - 1` steps on the latents' grid.
     - `encoder`: MuLAN's encoder of $q(z \\mid x)$ (`"mulan"` only): `"conv"`, the
       reference's (the down path and middle of the UNet, 64 channels; ~30 times the
       compute of the digits MLP denoiser), or `"mlp"`, two hidden layers of 256 units.
@@ -88,6 +100,10 @@ class ProcessConfig:
     diffusion: str = "cld"
     num_aux: int = 0
     times: str = "antithetic"
+    noise: str = "gaussian"
+    noise_shape: float = 0.0
+    betas: str = "linear"
+    num_steps: int = 1000
 
     def __post_init__(self):
         changed = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
@@ -231,6 +247,11 @@ class Config:
     **Arguments:**
 
     - `process`, `network`, `data`, `optimizer`, `mesh`, `eval`: the sections above.
+    - `objective`: what training minimises: `"elbo"`, the negative ELBO in bits/dim (a
+      linear-Gaussian process only); `"denoising"`, the noise-prediction MSE (Ho et al.'s
+      $L_{\text{simple}}$, unitless) on the process's times; `"default"`, the ELBO where
+      the process has one and the denoising loss otherwise (`"ddpm"`). The periodic
+      held-out figure is the same objective.
     - `batch_size`: the global batch size, across all hosts and devices.
     - `steps`: the number of optimizer steps.
     - `log_every`, `eval_every`, `checkpoint_every`: intervals in steps.
@@ -246,6 +267,7 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     mesh: MeshConfig = MeshConfig()
     eval: EvalConfig = EvalConfig()
+    objective: Literal["default", "elbo", "denoising"] = "default"
     batch_size: int = 128
     steps: int = 10_000
     log_every: int = 50

@@ -21,7 +21,10 @@ from ._model import DiffusionModel, Sampler
 from ._step import shard_batch
 
 
-Method = Literal["elbo", "vlb", "ode"]
+Method = Literal["elbo", "vlb", "ode", "denoising"]
+
+METHODS: tuple[str, ...] = ("elbo", "vlb", "ode", "denoising")
+"""The held-out figures `evaluate` computes."""
 
 SAMPLERS: dict[str, Sampler] = {
     "ancestral": sample_ancestral,
@@ -34,7 +37,7 @@ SAMPLERS: dict[str, Sampler] = {
 
 @dataclasses.dataclass(frozen=True)
 class BitsPerDim:
-    """A held-out figure in bits/dim.
+    """A held-out figure: bits/dim, or for `"denoising"` the unitless noise-prediction MSE.
 
     **Fields:** `method`; `mean`; `stderr`, the standard error of the mean over examples;
     `ci95`, the normal 95% confidence interval `mean +- 1.96 stderr`; `values`, the
@@ -47,10 +50,15 @@ class BitsPerDim:
     ci95: tuple[float, float]
     values: np.ndarray
 
+    @property
+    def unit(self) -> str:
+        """`"bits/dim"`, or `"MSE"` for the denoising loss."""
+        return "MSE" if self.method == "denoising" else "bits/dim"
+
     def __str__(self) -> str:
         low, high = self.ci95
         return (
-            f"{self.method}: {self.mean:.4f} bits/dim, 95% CI [{low:.4f}, {high:.4f}] "
+            f"{self.method}: {self.mean:.4f} {self.unit}, 95% CI [{low:.4f}, {high:.4f}] "
             f"over {len(self.values)} examples"
         )
 
@@ -64,9 +72,12 @@ def _per_example(
     repeats: int,
 ) -> Float[Array, " batch"]:
     keys = jax.random.split(key, xs.shape[0])
-    if method == "elbo":
-        draws = jax.vmap(lambda k: model.nelbo(xs, key=k).total)(jax.random.split(key, repeats))
-        return jnp.mean(draws, axis=0)
+    if method in ("elbo", "denoising"):
+
+        def draw(k):
+            return model.nelbo(xs, key=k).total if method == "elbo" else model.denoising(xs, key=k)
+
+        return jnp.mean(jax.vmap(draw)(jax.random.split(key, repeats)), axis=0)
     if method == "vlb":
         return jax.vmap(lambda x, k: model.dense_vlb(x, key=k, num_steps=num_steps))(xs, keys)
     return jax.vmap(lambda x, k: model.ode_bpd(x, key=k))(xs, keys)
@@ -116,7 +127,9 @@ def evaluate(
       share of each batch, which is split over the mesh's `"data"` axis.
     - `method`: `"elbo"` (the continuous-time bound, averaged over `repeats` draws of
       time and noise per example), `"vlb"` (the `num_steps`-step bound with every step
-      evaluated) or `"ode"` (the probability-flow ODE bound).
+      evaluated), `"ode"` (the probability-flow ODE bound), each in bits/dim and each
+      only for a process with that capability, or `"denoising"` (the noise-prediction
+      MSE on the model's times, averaged as `"elbo"`), for every linear process.
     - `key`: PRNG key.
     - `mesh`: the device mesh.
     - `batch_size`: examples per global batch (rounded up to a multiple of the devices).
@@ -124,8 +137,8 @@ def evaluate(
     - `num_steps`, `repeats`: see `method`.
     - `progress`: show a progress bar.
     """
-    if method not in ("elbo", "vlb", "ode"):
-        raise ValueError(f"Unknown evaluation method {method!r}; use 'elbo', 'vlb' or 'ode'.")
+    if method not in METHODS:
+        raise ValueError(f"Unknown evaluation method {method!r}; use one of {', '.join(METHODS)}.")
     n = len(source) if num_examples is None else min(num_examples, len(source))
     batch_size = _batch_size_for(mesh, min(batch_size, max(n, 1)))
     run = eqx.filter_jit(_per_example)

@@ -4,13 +4,16 @@ The trainer, the evaluator, the sampler and the plots call only the methods of
 `DiffusionModel`, each per example or per batch, pure, and `jit`-able. The model knows
 no family: it calls the core functions on its process, adapts its array network to the
 process's state with `process.denoiser`, and offers each evaluation the process has the
-capability for (the variational bounds and the schedule curves need a linear-Gaussian
-process, the ODE bound an SDE process; asking for one the process lacks is an error
-that says so).
+capability for (the variational bounds need a linear-Gaussian process, the ODE bound
+an SDE process; the denoising loss, the samplers and the schedule curves any linear
+process; asking for one the process lacks is an error that says so and why). What
+training minimises, `objective`, is the negative ELBO where the process has one and the
+denoising loss otherwise (DDPM with non-Gaussian noise), unless the config says.
 """
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -24,17 +27,25 @@ from .._likelihood import (
     dense_vlb,
     ode_bits_per_dim,
 )
-from .._losses import NELBO, AbstractTimeSampler, AntitheticTimes, batch_bound, nelbo
+from .._losses import (
+    NELBO,
+    AbstractTimeSampler,
+    AntitheticTimes,
+    batch_bound,
+    denoising_loss,
+    nelbo,
+)
 from .._parameterizations import AbstractParameterization, as_parameterization, score_fn
 from .._processes import (
     AbstractLinearGaussianProcess,
+    AbstractLinearProcess,
     AbstractProcess,
     AbstractSDEProcess,
     require_capability,
 )
 from ..nn import MLPDenoiser, UNet, matched_fourier_exponents
 from ._config import Config
-from ._registry import DEQUANTIZATIONS, TIME_SAMPLERS, build_process
+from ._registry import DEQUANTIZATIONS, build_process, build_times
 
 
 Sampler = Callable[..., State]
@@ -68,7 +79,9 @@ class DiffusionModel(eqx.Module):
     - `data_shape`, `num_levels`: one example's shape and number of levels.
     - `dequantization`, `ode_samples`: the ODE bound's dequantisation and its number of
       importance-weighted draws (see `EvalConfig`).
-    - `times`: the bound's time sampler (VDM's low-discrepancy times by default).
+    - `times`: the time sampler of the bound and of the denoising loss (VDM's
+      low-discrepancy times by default; DDPM's uniform steps for DDPM).
+    - `objective`: what `loss` is, `"elbo"` (`nelbo`) or `"denoising"` (`denoising`).
     """
 
     process: AbstractProcess
@@ -79,6 +92,11 @@ class DiffusionModel(eqx.Module):
     dequantization: AbstractDequantization = eqx.field(default=ProcessDequantization(), static=True)
     ode_samples: int = eqx.field(default=1, static=True)
     times: AbstractTimeSampler = eqx.field(default=AntitheticTimes(), static=True)
+    objective: Literal["elbo", "denoising"] = eqx.field(default="elbo", static=True)
+
+    def __check_init__(self):
+        if self.objective == "elbo":
+            require_capability(self.process, AbstractLinearGaussianProcess, "objective=elbo")
 
     def model(self) -> Callable[[State, Time], Noise]:
         """The denoiser as the core's `model(u_t, t)` (dropout off)."""
@@ -110,6 +128,37 @@ class DiffusionModel(eqx.Module):
             )
 
         return batch_bound(one, xs, key=key, times=self.times)
+
+    def denoising(
+        self, xs: Float[Array, " batch *shape"], *, key: PRNGKeyArray, train: bool = False
+    ) -> Float[Array, " batch"]:
+        """`ad.denoising_loss` of each example (the noise-prediction MSE per element,
+        unitless), at times of `times` drawn across the batch; arguments as `nelbo`."""
+        process = require_capability(self.process, AbstractLinearProcess, "The denoising loss")
+
+        def one(x, k, uniform):
+            key_loss, key_dropout = jax.random.split(k)
+            net = _Dropout(self.denoiser, key_dropout) if train else self.denoiser
+            return denoising_loss(
+                process,
+                process.denoiser(net),
+                x,
+                key=key_loss,
+                parameterization=self.parameterization,
+                times=self.times,
+                uniform=uniform,
+            )
+
+        return batch_bound(one, xs, key=key, times=self.times)
+
+    def loss(
+        self, xs: Float[Array, " batch *shape"], *, key: PRNGKeyArray, train: bool = False
+    ) -> Float[Array, " batch"]:
+        """The training objective of each example: `nelbo(...).total` (bits/dim) or
+        `denoising(...)`, as `objective` says."""
+        if self.objective == "elbo":
+            return self.nelbo(xs, key=key, train=train).total
+        return self.denoising(xs, key=key, train=train)
 
     def dense_vlb(
         self, x: Float[Array, " *shape"], *, key: PRNGKeyArray, num_steps: int
@@ -149,7 +198,7 @@ class DiffusionModel(eqx.Module):
     ) -> Int[Array, " *shape"]:
         """One sample drawn with a core sampler, decoded to integer levels
         `0 .. num_levels - 1` by the decoder's mode (`process.decode`)."""
-        process = require_capability(self.process, AbstractLinearGaussianProcess, "Sampling")
+        process = require_capability(self.process, AbstractLinearProcess, "Sampling")
         score = score_fn(process, self.model(), self.parameterization)
         u = sampler(process, score, key, self.data_shape, **sampler_kwargs)
         return process.decode(u, self.num_levels)
@@ -166,7 +215,7 @@ class DiffusionModel(eqx.Module):
         $q(\mathrm{aux} \mid x)$ with `key`) or, without `xs`, of four states drawn from
         the prior. Rows are identical for a process whose schedule does not depend on
         the state."""
-        process = require_capability(self.process, AbstractLinearGaussianProcess, "gamma_curves")
+        process = require_capability(self.process, AbstractLinearProcess, "gamma_curves")
         if xs is None:
             keys = jax.random.split(key, 4)
             states = jax.vmap(lambda k: process.prior_sample(k, self.data_shape))(keys)
@@ -236,7 +285,8 @@ def build_model(
 
     **Arguments:**
 
-    - `config`: the run's config (its `process`, `network` and `eval` sections are read);
+    - `config`: the run's config (its `process`, `network` and `eval` sections and its
+      `objective` are read);
       the process comes from the registry of kinds (`PROCESS_KINDS`).
     - `data_shape`: one example's shape, e.g. `(1, 8, 8)`.
     - `num_levels`: the number of levels of the data.
@@ -247,6 +297,10 @@ def build_model(
     key_encoder = jax.random.fold_in(key, _ENCODER_STREAM)
     process = build_process(config.process, data_shape, key_schedule, key_encoder)
     input_shape, cond_dim = process.network_shape(data_shape)
+    objective = config.objective
+    if objective == "default":  # a capability, not a family: the bound's tier
+        has_bound = isinstance(process, AbstractLinearGaussianProcess)
+        objective = "elbo" if has_bound else "denoising"
     return DiffusionModel(
         process=process,
         denoiser=_denoiser(config, data_shape, input_shape, cond_dim, num_levels, key_net),
@@ -255,5 +309,6 @@ def build_model(
         num_levels=num_levels,
         dequantization=DEQUANTIZATIONS[config.eval.dequantization],
         ode_samples=config.eval.ode_samples,
-        times=TIME_SAMPLERS[config.process.times](process),
+        times=build_times(config.process, process),
+        objective=objective,
     )

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from .._covariance import GFFCovariance, LearnedGFFCovariance
 from .._latents import (
@@ -28,10 +28,21 @@ from .._likelihood import (
     TruncatedNormalDequantization,
     UniformDequantization,
 )
-from .._losses import AbstractTimeSampler, AntitheticTimes, LikelihoodWeightedTimes
+from .._losses import AbstractTimeSampler, AntitheticTimes, LikelihoodWeightedTimes, StepTimes
+from .._noise import (
+    AbstractNoise,
+    ExponentialNoise,
+    GaussianNoise,
+    GeneralizedGaussianNoise,
+    GumbelNoise,
+    LaplaceNoise,
+    StudentTNoise,
+    UniformNoise,
+)
 from .._processes import (
     ALDA,
     CLD,
+    DDPM,
     MALDA,
     VP,
     AbstractLinearMDM,
@@ -39,6 +50,8 @@ from .._processes import (
     LearnedMDM,
     MuLAN,
     NonIsotropicVP,
+    cosine_betas,
+    linear_betas,
 )
 from .._schedules import (
     AbstractLatentSchedule,
@@ -99,6 +112,18 @@ class ProcessConfig(Protocol):
     @property
     def num_aux(self) -> int: ...
 
+    @property
+    def noise(self) -> str: ...
+
+    @property
+    def noise_shape(self) -> float: ...
+
+    @property
+    def betas(self) -> str: ...
+
+    @property
+    def num_steps(self) -> int: ...
+
 
 Builder = Callable[[ProcessConfig, tuple[int, ...], PRNGKeyArray, PRNGKeyArray], AbstractProcess]
 """`build(config, data_shape, key_schedule, key_encoder) -> process`."""
@@ -113,11 +138,14 @@ class ProcessKind:
     - `build`: `build(config, data_shape, key_schedule, key_encoder) -> process`.
     - `options`: the `process.*` fields it reads, besides `kind` and `parameterization`.
     - `schedules`: the values `process.schedule` may take.
+    - `times`: `times(config)`, the time sampler of the bound and the denoising loss for
+      a kind that does not read `process.times` (VDM's antithetic times by default).
     """
 
     build: Builder
     options: frozenset[str]
     schedules: tuple[str, ...]
+    times: Callable[[ProcessConfig], AbstractTimeSampler] = lambda cfg: AntitheticTimes()
 
 
 def _fixed_ends(factory: Callable[[float, float], AbstractSchedule]) -> Callable:
@@ -263,6 +291,34 @@ def _mdm(
     return MDM_DIFFUSIONS[cfg.diffusion](cfg, key_schedule)
 
 
+NOISES: Mapping[str, Callable[[float], AbstractNoise]] = {
+    "gaussian": lambda shape: GaussianNoise(),
+    "laplace": lambda shape: LaplaceNoise(),
+    "uniform": lambda shape: UniformNoise(),
+    "gumbel": lambda shape: GumbelNoise(),
+    "exponential": lambda shape: ExponentialNoise(),
+    "student_t": lambda shape: StudentTNoise(df=shape or StudentTNoise.df),
+    "generalized_gaussian": lambda shape: GeneralizedGaussianNoise(
+        power=shape or GeneralizedGaussianNoise.power
+    ),
+}
+"""DDPM's noise families by the names `process.noise` takes, built from
+`process.noise_shape` (Student-t's degrees of freedom, the generalised Gaussian's power;
+0 for the family's default)."""
+
+_SHAPED_NOISES = ("student_t", "generalized_gaussian")
+
+BETAS: Mapping[str, Callable[[int], Array]] = {
+    "linear": linear_betas,
+    "cosine": cosine_betas,
+}
+"""DDPM's beta schedules by the names `process.betas` takes, for `process.num_steps` T."""
+
+
+def _ddpm(cfg: ProcessConfig, shape: tuple[int, ...], key_schedule, key_encoder) -> DDPM:
+    return DDPM(BETAS[cfg.betas](cfg.num_steps), NOISES[cfg.noise](cfg.noise_shape))
+
+
 _SCHEDULE_OPTIONS = frozenset({"schedule", "gamma_min", "gamma_max", "endpoints"})
 
 PROCESS_KINDS: Mapping[str, ProcessKind] = {
@@ -278,6 +334,12 @@ PROCESS_KINDS: Mapping[str, ProcessKind] = {
         tuple(LATENT_SCHEDULES),
     ),
     "mdm": ProcessKind(_mdm, frozenset({"diffusion", "num_aux", "times", "gamma_min"}), ()),
+    "ddpm": ProcessKind(
+        _ddpm,
+        frozenset({"noise", "noise_shape", "betas", "num_steps"}),
+        (),
+        lambda cfg: StepTimes(cfg.num_steps),
+    ),
 }
 """The process kinds by the names `process.kind` takes:
 
@@ -285,7 +347,9 @@ PROCESS_KINDS: Mapping[str, ProcessKind] = {
 - `nonisotropic`: `ad.NonIsotropicVP` with a fixed or learned GFF covariance (NI-DDPM);
 - `mulan`: `ad.MuLAN`, a per-dimension schedule conditioned on a latent;
 - `mdm`: a linear multivariate diffusion with auxiliary variables (`ad.CLD`, `ad.ALDA`,
-  `ad.MALDA`, `ad.LearnedMDM`) on its own linear beta schedule.
+  `ad.MALDA`, `ad.LearnedMDM`) on its own linear beta schedule;
+- `ddpm`: discrete-time `ad.DDPM` with a noise family of `NOISES` on `num_steps` betas
+  of `BETAS`, trained by the denoising loss on DDPM's uniform steps (`ad.StepTimes`).
 """
 
 _ENCODERS = ("conv", "mlp")
@@ -343,6 +407,17 @@ def check_process_config(cfg: ProcessConfig, changed: Iterable[str]) -> None:
         raise ValueError(
             f"Unknown process.times {cfg.times!r}; use one of {', '.join(TIME_SAMPLERS)}."
         )
+    if cfg.noise not in NOISES:
+        raise ValueError(f"Unknown process.noise {cfg.noise!r}; use one of {', '.join(NOISES)}.")
+    if cfg.noise_shape and cfg.noise not in _SHAPED_NOISES:
+        raise ValueError(
+            f"process.noise_shape is the shape of {' and '.join(_SHAPED_NOISES)}; noise="
+            f"{cfg.noise} has none. Remove it, or choose one of those families."
+        )
+    if cfg.betas not in BETAS:
+        raise ValueError(f"Unknown process.betas {cfg.betas!r}; use one of {', '.join(BETAS)}.")
+    if cfg.num_steps < 2:
+        raise ValueError(f"process.num_steps is DDPM's T >= 2, got {cfg.num_steps}.")
     if cfg.encoder not in _ENCODERS:
         raise ValueError(
             f"Unknown process.encoder {cfg.encoder!r}; use one of {', '.join(_ENCODERS)}."
@@ -357,3 +432,10 @@ def build_process(
 ) -> AbstractProcess:
     """The process of `cfg`, for data of shape `data_shape`."""
     return PROCESS_KINDS[cfg.kind].build(cfg, tuple(data_shape), key_schedule, key_encoder)
+
+
+def build_times(cfg: ProcessConfig, process: AbstractProcess) -> AbstractTimeSampler:
+    """The time sampler of `cfg` for its `process`: `process.times` where the kind reads
+    it, else the kind's own (DDPM's uniform steps; VDM's antithetic times)."""
+    kind = PROCESS_KINDS[cfg.kind]
+    return TIME_SAMPLERS[cfg.times](process) if "times" in kind.options else kind.times(cfg)

@@ -5,7 +5,8 @@
 - `config.yaml`: the config of the run;
 - `checkpoints/<step>/`: orbax checkpoints (state, data position, config);
 - `metrics.jsonl` and `tensorboard/`: the training loss, gradient norm, skipped steps,
-  throughput and the periodic held-out bound;
+  throughput and the periodic held-out objective (`eval/elbo_bpd`, or
+  `eval/denoising_mse` for a model trained by the denoising loss);
 - `samples.png` and `schedule.png`, written when training ends, and `snr.png` (the
   per-pixel SNR curves of a few test images) for a schedule that depends on the example.
 """
@@ -39,17 +40,21 @@ from ._step import check_nonfinite, make_mesh, make_train_step, replicate, shard
 _SNR_EXAMPLES = 6
 """How many test images `snr.png` shows."""
 
+_EVAL_METRICS = {"elbo": ("elbo_bpd", "elbo_se"), "denoising": ("denoising_mse", "denoising_se")}
+"""The names in `metrics.jsonl` of the periodic held-out objective and its standard error."""
+
 
 def training_loss(
     model: DiffusionModel, batch: Float[Array, " b *shape"], key: PRNGKeyArray
 ) -> Float[Array, ""]:
-    """The mean negative ELBO of a batch, bits/dim, with dropout on.
+    """The mean training objective of a batch (`model.loss`: the negative ELBO in
+    bits/dim, or the denoising loss), with dropout on.
 
     No data check runs here (the pipeline's sources check their levels once, when they
     load): a batch holding NaN or infinite values gives a NaN loss, so that the train
     step skips it and counts it.
     """
-    loss = jnp.mean(model.nelbo(batch, key=key, train=True).total)
+    loss = jnp.mean(model.loss(batch, key=key, train=True))
     return jnp.where(jnp.all(jnp.isfinite(batch)), loss, jnp.nan)
 
 
@@ -205,6 +210,7 @@ def train(
         training_loss, run.optimizer, run.mesh, ema_decay=config.optimizer.ema_decay
     )
     key_eval = jax.random.fold_in(jax.random.key(config.seed), 1)
+    model_objective = state.model.objective
     bar = tqdm(
         total=config.steps, initial=start, unit="step", disable=not progress, dynamic_ncols=True
     )
@@ -227,7 +233,7 @@ def train(
                 result = evaluate(
                     eval_model(state),
                     run.test_source,
-                    method="elbo",
+                    method=model_objective,
                     key=jax.random.fold_in(key_eval, step),
                     mesh=run.mesh,
                     num_examples=config.eval.examples,
@@ -235,7 +241,10 @@ def train(
                     repeats=1,
                     progress=False,
                 )
-                metrics.write(step, {"eval/elbo_bpd": result.mean, "eval/elbo_se": result.stderr})
+                mean_name, se_name = _EVAL_METRICS[model_objective]
+                metrics.write(
+                    step, {f"eval/{mean_name}": result.mean, f"eval/{se_name}": result.stderr}
+                )
                 bar.write(f"step {step}: held-out {result}")
                 window_start, window_steps = time.perf_counter(), 0
             if step % config.checkpoint_every == 0 or step == config.steps:
