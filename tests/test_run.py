@@ -644,3 +644,53 @@ def test_cli_ddpm_run_with_laplace_noise(tmp_path, capsys):
     args = ["sample", "--checkpoint", str(workdir), "--num", "4", "--steps", "49"]
     assert train.main([*args, "--out", str(png), "--no-progress"]) == 0
     assert png.is_file()
+
+    # Sample quality: one cached draw of samples serves fid, kid and pr; the feature
+    # classifier is trained once and cached in the run folder.
+    args = ["eval", "--checkpoint", str(workdir), "--num-samples", "24", "--no-progress"]
+    args += ["--feature-steps", "20"]
+    results = {}
+    for method in ("fid", "kid", "pr"):
+        out = tmp_path / f"{method}.json"
+        assert train.main([*args, "--method", method, "--out", str(out)]) == 0
+        results[method] = json.loads(out.read_text())
+        assert f"24 samples vs {results[method]['num_reference']} test" in capsys.readouterr().out
+    assert [p.name for p in (workdir / "samples").iterdir()] == [
+        "step10-ema-ancestral49-n24-seed0.npy"
+    ]
+    assert len(list((workdir / "features").iterdir())) == 1
+    fid, kid, pr = results["fid"], results["kid"], results["pr"]
+    assert fid["num_samples"] == 24 and fid["steps"] == 49 and fid["sampler"] == "ancestral"
+    assert 0 < fid["low"] < fid["high"] and fid["value"] > 0, fid
+    assert kid["low"] < kid["high"] and "subsets of 12" in kid["detail"], kid
+    assert 0 <= pr["value"] <= 1 and 0 <= pr["recall"] <= 1, pr
+    assert 0 <= fid["extractor_accuracy"] <= 1
+
+    # A corrupt sample cache is named, with the fix.
+    (workdir / "samples" / "step10-ema-ancestral49-n24-seed0.npy").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot be read.*delete the file"):
+        train.main([*args, "--method", "fid"])
+
+
+def test_sample_quality_closed_cases():
+    # Samples equal to the reference: FID is 0 up to the float64 matrix square root,
+    # precision and recall are 1; samples far from it are separated by every figure.
+    from adaptive_diffusion.data import DigitsSource
+
+    test = DigitsSource("test")
+    flat = lambda images: images.reshape(len(images), -1)[:, :16]  # noqa: E731
+    same = {m: train.sample_quality(m, test.images, test, flat) for m in train.QUALITY_METHODS}
+    assert abs(same["fid"].value) < 1e-6 and same["fid"].num_samples == len(test)
+    assert same["pr"].value == 1.0 and same["pr"].recall == 1.0
+    # KID of a set with itself: the unbiased estimate is slightly below 0 (the diagonal
+    # is excluded within sets, not across them), small beside a real shift.
+    blank = np.zeros_like(test.images)
+    far = {m: train.sample_quality(m, blank, test, flat) for m in ("fid", "kid")}
+    assert far["fid"].value > 100 * max(same["fid"].value, 1e-3)
+    assert far["kid"].value > 100 * abs(same["kid"].value)
+    assert "biased upward" in str(same["fid"]) and f"{len(test)} samples" in str(same["fid"])
+
+    with pytest.raises(ValueError, match="Unknown sample-quality method 'is'"):
+        train.sample_quality("is", test.images, test, flat)
+    with pytest.raises(ValueError, match="evaluate a model of the data set"):
+        train.sample_quality("fid", test.images[:, :, :4], test, flat)

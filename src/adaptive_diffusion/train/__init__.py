@@ -32,6 +32,12 @@ from ._optim import (
     make_schedule as make_schedule,
 )
 from ._plots import plot_schedule as plot_schedule, save_image_grid as save_image_grid
+from ._quality import (
+    QUALITY_METHODS as QUALITY_METHODS,
+    SampleQuality as SampleQuality,
+    cached_samples as cached_samples,
+    sample_quality as sample_quality,
+)
 from ._registry import (
     BETAS as BETAS,
     DEQUANTIZATIONS as DEQUANTIZATIONS,

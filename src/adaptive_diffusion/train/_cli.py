@@ -2,7 +2,7 @@
 
     adaptive-diffusion train  --config digits [--workdir runs/digits] [--set optimizer.lr=1e-3]
                               [--resume] [--distributed]
-    adaptive-diffusion eval   --checkpoint runs/digits --method elbo|vlb|ode|denoising
+    adaptive-diffusion eval   --checkpoint runs/digits --method elbo|vlb|ode|denoising|fid|kid|pr
     adaptive-diffusion sample --checkpoint runs/digits --num 64 --out samples.png
 
 `--config` takes a YAML file or the name of a shipped config (`digits`, `cifar10`,
@@ -20,11 +20,13 @@ from importlib import resources
 
 import jax
 
+from .. import metrics
 from .._processes import CapabilityError
 from ._checkpoint import Checkpointer, ConfigMismatchError
 from ._config import Config
 from ._evaluate import METHODS, SAMPLERS, evaluate, generate
 from ._plots import save_image_grid
+from ._quality import QUALITY_METHODS, cached_samples, sample_quality
 from ._registry import DEQUANTIZATIONS
 from ._trainer import eval_model, setup, train
 
@@ -122,6 +124,50 @@ def _add_distributed(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--process-id", type=int, help="this process's index (default: detected)")
 
 
+def _write_json(path: str | None, result: dict) -> None:
+    if path and jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+def _eval_quality(args: argparse.Namespace, config: Config, run, model, step: int, progress):
+    """`eval --method fid|kid|pr`: samples of the checkpoint (cached in the run folder by
+    step, sampler, steps, number and seed) against the whole test split."""
+    directory = run_directory(args.checkpoint)
+    num = args.num_samples or len(run.test_source)
+    sampler = args.sampler or config.eval.sampler
+    steps = args.steps or config.eval.sample_steps
+    weights = "raw" if args.raw else "ema"
+    name = f"step{step}-{weights}-{sampler}{steps}-n{num}-seed{args.seed}.npy"
+    levels = cached_samples(
+        model,
+        directory / "samples" / name,
+        seed=args.seed,
+        num=num,
+        sampler=sampler,
+        num_steps=steps,
+        mesh=run.mesh,
+        batch_size=args.batch_size,
+        progress=progress,
+    )
+    extractor = metrics.classifier_features(
+        run.train_source,
+        cache_dir=directory / "features",
+        test=run.test_source,
+        steps=args.feature_steps,
+    )
+    result = sample_quality(
+        args.method,
+        levels,
+        run.test_source,
+        extractor,
+        extractor_accuracy=extractor.accuracy,
+        seed=args.seed,
+    )
+    print(f"step {step}, {sampler} sampler with {steps} steps: {result}")
+    _write_json(args.out, {"step": step, "sampler": sampler, "steps": steps, **result.as_json()})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adaptive-diffusion",
@@ -145,14 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_distributed(p)
 
-    p = commands.add_parser("eval", help="held-out bits/dim of a trained model")
+    p = commands.add_parser("eval", help="held-out bits/dim or sample quality of a model")
     p.add_argument("--checkpoint", required=True, help="the run folder (its --workdir)")
     p.add_argument(
         "--method",
-        choices=METHODS,
+        choices=METHODS + QUALITY_METHODS,
         default="elbo",
         help="elbo, vlb, ode: bits/dim (a process with that capability); denoising: the "
-        "noise-prediction MSE (every process)",
+        "noise-prediction MSE (every process); fid, kid, pr: samples against the test split "
+        "in the features of a classifier trained on the train split's labels",
     )
     p.add_argument("--num-examples", type=int, help="test examples (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -166,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--ode-samples",
         type=_positive_int,
         help="importance-weighted draws per example of the ode method (default: the run's)",
+    )
+    quality = p.add_argument_group("fid, kid, pr")
+    quality.add_argument(
+        "--num-samples", type=_positive_int, help="samples drawn (default: the test split's size)"
+    )
+    quality.add_argument(
+        "--sampler", choices=sorted(SAMPLERS), help="default: the run's eval.sampler"
+    )
+    quality.add_argument(
+        "--steps", type=_positive_int, help="sampler steps (default: the run's eval.sample_steps)"
+    )
+    quality.add_argument(
+        "--feature-steps",
+        type=_positive_int,
+        default=1500,
+        help="training steps of the feature classifier (cached in the run folder)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="use the raw weights, not their EMA")
@@ -210,7 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 if value is not None
             ]
-            _, run, model, step = load_run(args.checkpoint, args.raw, overrides)
+            config, run, model, step = load_run(args.checkpoint, args.raw, overrides)
+            if args.method in QUALITY_METHODS:
+                _eval_quality(args, config, run, model, step, progress)
+                return 0
             result = evaluate(
                 model,
                 run.test_source,
@@ -223,21 +289,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=progress,
             )
             print(f"step {step}, test split: {result}")
-            if args.out and jax.process_index() == 0:
-                with open(args.out, "w") as f:
-                    json.dump(
-                        {
-                            "step": step,
-                            "method": result.method,
-                            "value": result.mean,
-                            "unit": result.unit,
-                            "stderr": result.stderr,
-                            "ci95": list(result.ci95),
-                            "num_examples": len(result.values),
-                        },
-                        f,
-                        indent=2,
-                    )
+            _write_json(
+                args.out,
+                {
+                    "step": step,
+                    "method": result.method,
+                    "value": result.mean,
+                    "unit": result.unit,
+                    "stderr": result.stderr,
+                    "ci95": list(result.ci95),
+                    "num_examples": len(result.values),
+                },
+            )
         else:
             config, run, model, step = load_run(args.checkpoint, args.raw)
             levels = generate(
