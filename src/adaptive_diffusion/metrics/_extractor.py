@@ -21,6 +21,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..data import AbstractImageSource, levels_to_centres
 from ..nn import Classifier
+from ..nn._fit import fit
 
 
 FeatureExtractor = Callable[[Float[np.ndarray, "n c h w"]], Float[np.ndarray, "n d"]]
@@ -88,27 +89,23 @@ def train_classifier(
     """
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int64)
-    num_classes = int(labels.max()) + 1
     key_init, key_order = jax.random.split(key)
-    model = Classifier(images.shape[1:], num_classes, key=key_init)
-    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    model = Classifier(images.shape[1:], int(labels.max()) + 1, key=key_init)
 
-    @eqx.filter_jit
-    def step(model, opt_state, x, y):
-        def loss(model):
-            logits = jax.vmap(model)(x)
-            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    def loss(model, x, y):
+        logits = jax.vmap(model)(x)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
-        grads = eqx.filter_grad(loss)(model)
-        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-        return eqx.apply_updates(model, updates), opt_state
-
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key_order)).ravel())
-    for _ in range(steps):
-        index = rng.integers(0, len(images), batch_size)
-        model, opt_state = step(model, opt_state, jnp.asarray(images[index]), labels[index])
-    return model
+    return fit(
+        model,
+        loss,
+        images,
+        labels,
+        key=key_order,
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+    )
 
 
 def accuracy(classifier: Classifier, images: np.ndarray, labels: np.ndarray) -> float:

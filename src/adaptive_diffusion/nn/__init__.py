@@ -1,6 +1,8 @@
 """Networks for one example: denoisers `model(x_t, t)` predicting the noise, MuLAN's
-encoders, and the classifier behind the sample-quality metrics' features."""
+encoders, the classifier behind the sample-quality metrics' features, and the
+autoencoder of latent diffusion."""
 
+from ._autoencoder import Autoencoder as Autoencoder, train_autoencoder as train_autoencoder
 from ._classifier import Classifier as Classifier
 from ._embeddings import (
     fourier_features as fourier_features,

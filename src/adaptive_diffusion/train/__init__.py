@@ -1,6 +1,12 @@
 """The training stack: config, model interface, optimizer and EMA, sharded train step,
 checkpoints, metrics, evaluation, pictures and the command line."""
 
+from ._autoencoder import (
+    Reconstruction as Reconstruction,
+    fit_autoencoder as fit_autoencoder,
+    load_autoencoder as load_autoencoder,
+    reconstruction as reconstruction,
+)
 from ._checkpoint import (
     RESUMABLE_KEYS as RESUMABLE_KEYS,
     Checkpointer as Checkpointer,

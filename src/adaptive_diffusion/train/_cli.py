@@ -1,9 +1,10 @@
-"""The command line: `adaptive-diffusion train | eval | sample`.
+"""The command line: `adaptive-diffusion train | eval | sample | autoencoder`.
 
     adaptive-diffusion train  --config digits [--workdir runs/digits] [--set optimizer.lr=1e-3]
                               [--resume] [--distributed]
     adaptive-diffusion eval   --checkpoint runs/digits --method elbo|vlb|ode|denoising|fid|kid|pr
     adaptive-diffusion sample --checkpoint runs/digits --num 64 --out samples.png
+    adaptive-diffusion autoencoder --config digits --workdir runs/digits_autoencoder
 
 `--config` takes a YAML file or the name of a shipped config (`digits`, `cifar10`,
 `imagenet32`). Multi-host runs start the same command on every host with
@@ -22,6 +23,7 @@ import jax
 
 from .. import metrics
 from .._processes import CapabilityError
+from ._autoencoder import fit_autoencoder
 from ._checkpoint import Checkpointer, ConfigMismatchError
 from ._config import Config
 from ._evaluate import METHODS, SAMPLERS, evaluate, generate
@@ -66,7 +68,7 @@ def config_path(name: str) -> pathlib.Path:
 def initialize_distributed(args: argparse.Namespace) -> None:
     """`jax.distributed.initialize` when `--distributed` is given or `JAX_COORDINATOR_ADDRESS`
     is set; with no address, JAX detects the cluster (SLURM, Open MPI, Cloud TPU)."""
-    if not (args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    if not (getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS")):
         return
     jax.distributed.initialize(
         coordinator_address=args.coordinator,
@@ -124,6 +126,15 @@ def _add_distributed(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--process-id", type=int, help="this process's index (default: detected)")
 
 
+def _read_config(args: argparse.Namespace) -> tuple[pathlib.Path, Config]:
+    """`--config` with its `--set` overrides."""
+    path = config_path(args.config)
+    try:
+        return path, Config.from_yaml(path).with_overrides(args.overrides)
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
 def _write_json(path: str | None, result: dict) -> None:
     if path and jax.process_index() == 0:
         with open(path, "w") as f:
@@ -152,7 +163,7 @@ def _eval_quality(args: argparse.Namespace, config: Config, run, model, step: in
     )
     extractor = metrics.classifier_features(
         run.train_source,
-        cache_dir=directory / "features",
+        cache_dir=args.feature_cache or directory / "features",
         test=run.test_source,
         steps=args.feature_steps,
     )
@@ -228,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-steps",
         type=_positive_int,
         default=1500,
-        help="training steps of the feature classifier (cached in the run folder)",
+        help="training steps of the feature classifier",
+    )
+    quality.add_argument(
+        "--feature-cache",
+        help="the folder caching the feature classifier (default: the run folder's features/)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="use the raw weights, not their EMA")
@@ -246,6 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="use the raw weights, not their EMA")
     p.add_argument("--no-progress", action="store_true")
     _add_distributed(p)
+
+    p = commands.add_parser(
+        "autoencoder", help="train the autoencoder of latent diffusion on a config's data"
+    )
+    p.add_argument("--config", default="digits", help="a YAML file or a shipped config name")
+    p.add_argument("--workdir", help="its folder (default: runs/<config name>_autoencoder)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.path=... (repeatable)",
+    )
+    p.add_argument("--latent-channels", type=_positive_int, default=2)
+    p.add_argument("--channels", type=_positive_int, default=32)
+    p.add_argument("--steps", type=_positive_int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -253,14 +286,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     initialize_distributed(args)
-    progress = not args.no_progress
+    progress = not getattr(args, "no_progress", False)
     try:
-        if args.command == "train":
-            path = config_path(args.config)
-            try:
-                config = Config.from_yaml(path).with_overrides(args.overrides)
-            except ValueError as error:
-                raise ConfigError(f"{path}: {error}") from None
+        if args.command == "autoencoder":
+            path, config = _read_config(args)
+            workdir = args.workdir or os.path.join("runs", f"{path.stem}_autoencoder")
+            _, error = fit_autoencoder(
+                config,
+                workdir,
+                latent_channels=args.latent_channels,
+                channels=args.channels,
+                steps=args.steps,
+                seed=args.seed,
+            )
+            print(f"autoencoder in {workdir}: {error}")
+        elif args.command == "train":
+            path, config = _read_config(args)
             workdir = args.workdir or os.path.join("runs", path.stem)
             train(config, workdir, resume=args.resume, progress=progress)
             print(f"run folder: {workdir}")

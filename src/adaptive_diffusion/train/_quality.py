@@ -68,9 +68,9 @@ def sample_quality(
 ) -> SampleQuality:
     r"""FID, KID or precision/recall of `samples` against the images of `reference`.
 
-    FID and KID depend on the set sizes: FID is biased upward at small $N$ (by about
-    $\operatorname{tr}\Sigma/N$ per set for well-conditioned features, so at $N = 1000$ or
-    fewer two samples of one distribution score well above 0), which is why the sizes
+    FID and KID depend on the set sizes: FID is biased upward at small $N$ (the estimated
+    means alone add $\operatorname{tr}\Sigma/N$ per set, the covariance term more, so at
+    $N = 1000$ or fewer two samples of one distribution score well above 0), so the sizes
     travel with every figure; compare FIDs only at equal sizes. KID's estimate is unbiased
     at any size. The spreads: FID's percentile bootstrap (`metrics.bootstrap`, 200
     resamples), KID's standard deviation over 100 subsets of half the smaller set
