@@ -3,8 +3,10 @@
 NGLDM's table done right. Each model is a run of the training job from a shipped config,
 all with the same denoiser (the MLP, width 256, depth 3), optimiser, batch, `--steps` and
 seed; the DDPM rows differ only in `process.noise` (`digits_ddpm.yaml`: T = 1000 linear
-betas, the noise-prediction MSE on DDPM's steps), the others are the VP/VDM,
-non-isotropic, MuLAN and MDM configs as shipped, trained on their bounds. Every model is
+betas, the noise-prediction MSE on DDPM's steps), the `latent_*` rows are the
+same DDPMs on the latents of one autoencoder (`adaptive-diffusion autoencoder`, 3000
+steps, 2 x 4 x 4 latents for the 8 x 8 digits, trained once per `--workdir`); the others
+are the VP/VDM, non-isotropic, MuLAN and MDM configs as shipped, trained on their bounds. Every model is
 then evaluated by the command line users run, `adaptive-diffusion eval --method fid|kid|pr`:
 `--num-samples` samples of the EMA weights from the config's sampler (ancestral, on
 DDPM's T - 1 latents or 1000 steps), against the whole test split (297 digits), in the
@@ -14,7 +16,8 @@ classifier for every model, since its cache key is the train split). The `data` 
 set sizes (FID is biased upward at small sizes).
 
 Rows are appended to the JSON file as each model finishes; models already in it are
-skipped. A sample grid per model is written beside the JSON.
+skipped, and a run folder already holding checkpoints is resumed (its `train_s` is then
+`null`), its cached samples reused. A sample grid per model is written beside the JSON.
 
     python benchmarks/sample_quality.py --steps 8000
 """
@@ -32,14 +35,16 @@ from adaptive_diffusion.data import DigitsSource
 
 
 _NOISES = ("gaussian", "laplace", "uniform", "gumbel", "exponential", "student_t")
+_LATENT = "process.autoencoder={autoencoder}"
 MODELS: dict[str, tuple[str, list[str]]] = {
     **{f"ddpm_{n}": ("digits_ddpm", [f"process.noise={n}"]) for n in _NOISES},
+    **{f"latent_{n}": ("digits_ddpm", [f"process.noise={n}", _LATENT]) for n in _NOISES},
     "vdm": ("digits", []),
     "nonisotropic": ("digits_nonisotropic", []),
     "mulan": ("digits_mulan", []),
     "mdm_cld": ("digits_mdm", []),
 }
-"""Name -> (shipped config, overrides)."""
+"""Name -> (shipped config, overrides); `{autoencoder}` is the run's autoencoder folder."""
 
 
 def _data_row(num: int, feature_steps: int, cache: pathlib.Path) -> dict:
@@ -64,14 +69,19 @@ def _data_row(num: int, feature_steps: int, cache: pathlib.Path) -> dict:
 
 def _model_row(name: str, args: argparse.Namespace, out_dir: pathlib.Path) -> dict:
     config, overrides = MODELS[name]
+    autoencoder = pathlib.Path(args.workdir) / "autoencoder"
+    if any("{autoencoder}" in item for item in overrides) and not autoencoder.is_dir():
+        ae_args = ["autoencoder", "--workdir", str(autoencoder), "--steps", "3000"]
+        assert ad_train.main([*ae_args, "--seed", str(args.seed)]) == 0
+    overrides = [item.format(autoencoder=autoencoder) for item in overrides]
     workdir = pathlib.Path(args.workdir) / name
     started = time.perf_counter()
     train_args = ["train", "--config", config, "--workdir", str(workdir), "--no-progress"]
     for item in [*overrides, f"steps={args.steps}", f"seed={args.seed}"]:
         train_args += ["--set", item]
-    if not (workdir / "checkpoints").is_dir():
-        assert ad_train.main(train_args) == 0, name
-    train_s = time.perf_counter() - started
+    resumed = (workdir / "checkpoints").is_dir()
+    assert ad_train.main([*train_args, *(["--resume"] if resumed else [])]) == 0, name
+    train_s = None if resumed else time.perf_counter() - started
     row = {"config": config, "overrides": overrides, "train_s": train_s}
     common = ["--checkpoint", str(workdir), "--num-samples", str(args.num_samples)]
     common += ["--feature-steps", str(args.feature_steps), "--no-progress"]

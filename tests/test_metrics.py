@@ -189,6 +189,8 @@ def test_classifier_features_train_cache_and_separate(digits, tmp_path):
     images = _centres(test)
     features = first(images)
     assert features.shape == (len(test), 64) and features.dtype == np.float64
+    # Scaled to mean square 1 on the train split, the scale KID's cubic kernel assumes.
+    assert np.mean(first(_centres(train)) ** 2) == pytest.approx(1.0, rel=1e-6)
     np.testing.assert_array_equal(again(images), features)
     np.testing.assert_array_equal(fresh(images), features)
     # Shuffling each digit's pixels keeps its grey-level histogram, not its shape.

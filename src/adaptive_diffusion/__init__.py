@@ -15,6 +15,7 @@ from ._discrete import (
     from_levels as from_levels,
     to_levels as to_levels,
 )
+from ._frozen import Frozen as Frozen, trainable as trainable
 from ._latents import (
     AbstractLatent as AbstractLatent,
     AbstractPerturbation as AbstractPerturbation,
@@ -97,9 +98,11 @@ from ._processes import (
     AbstractSDEProcess as AbstractSDEProcess,
     AbstractVPProcess as AbstractVPProcess,
     CapabilityError as CapabilityError,
+    Codec as Codec,
     DiagonalVP as DiagonalVP,
     InitialState as InitialState,
     LatentDenoiser as LatentDenoiser,
+    LatentDiffusion as LatentDiffusion,
     LatentPrior as LatentPrior,
     LatentState as LatentState,
     LearnedMDM as LearnedMDM,

@@ -9,6 +9,7 @@ from ._base import (
     require_capability as require_capability,
 )
 from ._ddpm import DDPM as DDPM, cosine_betas as cosine_betas, linear_betas as linear_betas
+from ._latent_diffusion import Codec as Codec, LatentDiffusion as LatentDiffusion
 from ._mdm import (
     ALDA as ALDA,
     CLD as CLD,

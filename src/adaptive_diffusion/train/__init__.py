@@ -4,8 +4,11 @@ checkpoints, metrics, evaluation, pictures and the command line."""
 from ._autoencoder import (
     Reconstruction as Reconstruction,
     fit_autoencoder as fit_autoencoder,
-    load_autoencoder as load_autoencoder,
     reconstruction as reconstruction,
+)
+from ._autoencoder_files import (
+    load_autoencoder as load_autoencoder,
+    save_autoencoder as save_autoencoder,
 )
 from ._checkpoint import (
     RESUMABLE_KEYS as RESUMABLE_KEYS,

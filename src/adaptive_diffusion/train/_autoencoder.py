@@ -2,11 +2,9 @@
 error on the test split."""
 
 import dataclasses
-import json
 import os
 import pathlib
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,13 +12,10 @@ import numpy as np
 from .._discrete import to_levels
 from ..data import AbstractImageSource, levels_to_centres
 from ..nn import Autoencoder, train_autoencoder
+from ._autoencoder_files import save_autoencoder
 from ._config import Config
 from ._plots import save_image_grid
 from ._sources import make_source
-
-
-_WEIGHTS = "autoencoder.eqx"
-_REPORT = "autoencoder.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +73,12 @@ def fit_autoencoder(
         steps=steps,
     )
     error = reconstruction(autoencoder, test_source)
-    workdir.mkdir(parents=True, exist_ok=True)
-    eqx.tree_serialise_leaves(workdir / _WEIGHTS, autoencoder)
-    options = dict(
-        data_shape=list(autoencoder.data_shape), latent_channels=latent_channels, channels=channels
+    save_autoencoder(
+        workdir,
+        autoencoder,
+        channels=channels,
+        report=dict(steps=steps, seed=seed, test=dataclasses.asdict(error)),
     )
-    report = dict(options=options, steps=steps, seed=seed, test=dataclasses.asdict(error))
-    (workdir / _REPORT).write_text(json.dumps(report, indent=2))
     originals = test_source.images[:8]
     decoded = jax.vmap(autoencoder)(
         jnp.asarray(levels_to_centres(originals, test_source.num_levels))
@@ -92,23 +86,3 @@ def fit_autoencoder(
     levels = np.concatenate([originals, np.asarray(to_levels(decoded, test_source.num_levels))])
     save_image_grid(levels, test_source.num_levels, workdir / "reconstructions.png", columns=8)
     return autoencoder, error
-
-
-def load_autoencoder(workdir: str | os.PathLike) -> Autoencoder:
-    """The autoencoder `fit_autoencoder` wrote to `workdir`; a missing or unreadable file is
-    an error naming it."""
-    workdir = pathlib.Path(workdir)
-    try:
-        options = json.loads((workdir / _REPORT).read_text())["options"]
-        like = Autoencoder(
-            options["data_shape"],
-            key=jax.random.key(0),
-            latent_channels=options["latent_channels"],
-            channels=options["channels"],
-        )
-        return eqx.tree_deserialise_leaves(workdir / _WEIGHTS, like)
-    except Exception as e:
-        raise ValueError(
-            f"No readable autoencoder in {str(workdir)!r} ({type(e).__name__}: {e}); train one "
-            "with `adaptive-diffusion autoencoder --workdir ...`."
-        ) from e

@@ -80,6 +80,11 @@ class ProcessConfig:
       Ho et al.) or `"cosine"` (Nichol & Dhariwal).
     - `num_steps`: DDPM's number $T$ of latents (`"ddpm"` only); its ancestral sampler is
       `eval.sample_steps = T - 1` steps on the latents' grid.
+    - `autoencoder`: latent diffusion (every kind): the folder of an autoencoder
+      written by `adaptive-diffusion autoencoder`; the process of `kind` then runs on
+      its latents (`ad.LatentDiffusion`), trains by the denoising loss, its network sees
+      the latent's shape without Fourier features (latents have no bins), and samples
+      are decoded to images. Empty (the default) for pixel space.
     - `encoder`: MuLAN's encoder of $q(z \\mid x)$ (`"mulan"` only): `"conv"`, the
       reference's (the down path and middle of the UNet, 64 channels; ~30 times the
       compute of the digits MLP denoiser), or `"mlp"`, two hidden layers of 256 units.
@@ -104,6 +109,7 @@ class ProcessConfig:
     noise_shape: float = 0.0
     betas: str = "linear"
     num_steps: int = 1000
+    autoencoder: str = ""
 
     def __post_init__(self):
         changed = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]

@@ -245,8 +245,10 @@ def _denoiser(
     (along the leading axis) with the data, of `data_shape` and `num_levels` levels: the
     Fourier features are of that leading block only."""
     cfg = config.network
-    fourier = matched_fourier_exponents(num_levels) if cfg.fourier == "matched" else ()
-    fourier_channels = math.prod(data_shape) // math.prod(input_shape[1:])
+    # Latents (process.autoencoder) are not on the data's bins: no features match them.
+    matched = cfg.fourier == "matched" and not config.process.autoencoder
+    fourier = matched_fourier_exponents(num_levels) if matched else ()
+    fourier_channels = math.prod(data_shape) // math.prod(input_shape[1:]) if matched else 1
     if cfg.kind == "mlp":
         if cfg.dropout:
             raise ValueError("network.dropout applies to the UNet only; set it to 0 for the MLP.")

@@ -44,7 +44,7 @@ def _decay_mask(params: PyTree) -> PyTree:
     """
 
     def mask(node: PyTree) -> PyTree:
-        if isinstance(node, _KERNEL_LAYERS):
+        if isinstance(node, _KERNEL_LAYERS) and node.weight is not None:  # None: frozen
             nothing = jax.tree.map(lambda _: False, node)
             return eqx.tree_at(lambda layer: layer.weight, nothing, True)
         return jax.tree.map(lambda _: False, node)
@@ -55,7 +55,7 @@ def _decay_mask(params: PyTree) -> PyTree:
 def make_optimizer(config: OptimizerConfig, steps: int) -> optax.GradientTransformation:
     """Gradient clipping by global norm, then AdamW on the schedule of `make_schedule`.
 
-    Use it on the inexact arrays of a model, `eqx.filter(model, eqx.is_inexact_array)`.
+    Use it on the trained arrays of a model, `eqx.filter(model, ad.trainable(model))`.
 
     **Arguments:**
 

@@ -46,12 +46,15 @@ from .._processes import (
     MALDA,
     VP,
     AbstractLinearMDM,
+    AbstractLinearProcess,
     AbstractProcess,
+    LatentDiffusion,
     LearnedMDM,
     MuLAN,
     NonIsotropicVP,
     cosine_betas,
     linear_betas,
+    require_capability,
 )
 from .._schedules import (
     AbstractLatentSchedule,
@@ -64,6 +67,7 @@ from .._schedules import (
     PolynomialScheduleNetwork,
 )
 from ..nn import MLPEncoder
+from ._autoencoder_files import load_autoencoder
 
 
 @runtime_checkable
@@ -124,6 +128,9 @@ class ProcessConfig(Protocol):
     @property
     def num_steps(self) -> int: ...
 
+    @property
+    def autoencoder(self) -> str: ...
+
 
 Builder = Callable[[ProcessConfig, tuple[int, ...], PRNGKeyArray, PRNGKeyArray], AbstractProcess]
 """`build(config, data_shape, key_schedule, key_encoder) -> process`."""
@@ -136,7 +143,8 @@ class ProcessKind:
     **Fields:**
 
     - `build`: `build(config, data_shape, key_schedule, key_encoder) -> process`.
-    - `options`: the `process.*` fields it reads, besides `kind` and `parameterization`.
+    - `options`: the `process.*` fields it reads, besides `kind`, `parameterization` and
+      `autoencoder` (every kind's).
     - `schedules`: the values `process.schedule` may take.
     - `times`: `times(config)`, the time sampler of the bound and the denoising loss for
       a kind that does not read `process.times` (VDM's antithetic times by default).
@@ -391,7 +399,7 @@ def check_process_config(cfg: ProcessConfig, changed: Iterable[str]) -> None:
             f"use one of {', '.join(kind.schedules)}."
         )
     for name in changed:
-        if name not in ("kind", "parameterization", *kind.options):
+        if name not in ("kind", "parameterization", "autoencoder", *kind.options):
             readers = [k for k, entry in PROCESS_KINDS.items() if name in entry.options]
             raise ValueError(
                 f"process.{name} is not an option of kind={cfg.kind}; it applies to "
@@ -430,8 +438,21 @@ def build_process(
     key_schedule: PRNGKeyArray,
     key_encoder: PRNGKeyArray,
 ) -> AbstractProcess:
-    """The process of `cfg`, for data of shape `data_shape`."""
-    return PROCESS_KINDS[cfg.kind].build(cfg, tuple(data_shape), key_schedule, key_encoder)
+    """The process of `cfg`, for data of shape `data_shape`; with `cfg.autoencoder`, the
+    kind's process built for the latents' shape, as an `ad.LatentDiffusion`."""
+    build = PROCESS_KINDS[cfg.kind].build
+    if not cfg.autoencoder:
+        return build(cfg, tuple(data_shape), key_schedule, key_encoder)
+    autoencoder = load_autoencoder(cfg.autoencoder)
+    if autoencoder.data_shape != tuple(data_shape):
+        raise ValueError(
+            f"process.autoencoder {cfg.autoencoder!r} encodes images of shape "
+            f"{autoencoder.data_shape}, but the data have shape {tuple(data_shape)}; train "
+            "one on this data set with `adaptive-diffusion autoencoder --config ...`."
+        )
+    process = build(cfg, autoencoder.latent_shape, key_schedule, key_encoder)
+    linear = require_capability(process, AbstractLinearProcess, "Latent diffusion")
+    return LatentDiffusion(linear, autoencoder)
 
 
 def build_times(cfg: ProcessConfig, process: AbstractProcess) -> AbstractTimeSampler:

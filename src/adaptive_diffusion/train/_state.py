@@ -6,14 +6,18 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
+from .._frozen import trainable
+
 
 class TrainState(eqx.Module):
     """Everything a training step reads and writes.
 
     **Fields:**
 
-    - `model`: the model being trained (an Equinox module; its inexact arrays are trained).
-    - `opt_state`: the optimizer's state for `eqx.filter(model, eqx.is_inexact_array)`.
+    - `model`: the model being trained (an Equinox module; its floating-point arrays
+      outside an `ad.Frozen` are trained).
+    - `opt_state`: the optimizer's state for `eqx.filter(model, ad.trainable(model))`
+      (every floating-point array outside an `ad.Frozen`).
     - `ema`: the exponential moving average of `model` (same structure), or `None`.
     - `step`: the number of steps taken, skipped ones included.
     - `key`: the PRNG key of the next step.
@@ -47,7 +51,7 @@ def init_state(
     """
     return TrainState(
         model=model,
-        opt_state=optimizer.init(eqx.filter(model, eqx.is_inexact_array)),
+        opt_state=optimizer.init(eqx.filter(model, trainable(model))),
         ema=_copy(model) if ema else None,
         step=jnp.zeros((), jnp.int32),
         key=key,

@@ -21,6 +21,7 @@ from jax.core import Tracer
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from .._frozen import trainable
 from ._optim import ema_update
 from ._state import TrainState
 
@@ -181,7 +182,7 @@ def make_train_step(
         state = eqx.filter_shard(state, replicated)
         batch = eqx.filter_shard(batch, data)
         key, step_key = jax.random.split(state.key)
-        params, static = eqx.partition(state.model, eqx.is_inexact_array)
+        params, static = eqx.partition(state.model, trainable(state.model))
 
         def loss_of(params):
             return loss_fn(eqx.combine(params, static), batch, step_key)
