@@ -107,7 +107,7 @@ def _table(rows: dict) -> str:
         fid, kid, pr = row["fid"], row["kid"], row["pr"]
         kid_std = (kid["high"] - kid["low"]) / 2
         lines.append(
-            f"| {name} | {fid['value']:.1f} [{fid['low']:.1f}, {fid['high']:.1f}] | "
+            f"| {name} | {fid['value']:.3f} [{fid['low']:.3f}, {fid['high']:.3f}] | "
             f"{1e3 * kid['value']:.2f} +- {1e3 * kid_std:.2f} | {pr['value']:.3f} | "
             f"{pr['recall']:.3f} |"
         )

@@ -114,6 +114,19 @@ def load_run(checkpoint: str, raw: bool, overrides: Sequence[str] = ()):
     return config, run, state.model if raw else eval_model(state), int(state.step)
 
 
+def _add_config(parser: argparse.ArgumentParser, workdir_help: str) -> None:
+    parser.add_argument("--config", default="digits", help="a YAML file or a shipped config name")
+    parser.add_argument("--workdir", help=workdir_help)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optimizer.lr=1e-4 (repeatable)",
+    )
+
+
 def _add_distributed(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multi-host")
     group.add_argument(
@@ -188,16 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("train", help="train a model from a config")
-    p.add_argument("--config", default="digits", help="a YAML file or a shipped config name")
-    p.add_argument("--workdir", help="the run folder (default: runs/<config name>)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optimizer.lr=1e-4 (repeatable)",
-    )
+    _add_config(p, "the run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_distributed(p)
@@ -265,16 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "autoencoder", help="train the autoencoder of latent diffusion on a config's data"
     )
-    p.add_argument("--config", default="digits", help="a YAML file or a shipped config name")
-    p.add_argument("--workdir", help="its folder (default: runs/<config name>_autoencoder)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.path=... (repeatable)",
-    )
+    _add_config(p, "its folder (default: runs/<config name>_autoencoder)")
     p.add_argument("--latent-channels", type=_positive_int, default=2)
     p.add_argument("--channels", type=_positive_int, default=32)
     p.add_argument("--steps", type=_positive_int, default=3000)
