@@ -6,8 +6,9 @@ seed; the DDPM rows differ only in `process.noise` (`digits_ddpm.yaml`: T = 1000
 betas, the noise-prediction MSE on DDPM's steps), the `latent_*` rows are the
 same DDPMs on the latents of one autoencoder (`adaptive-diffusion autoencoder`, 3000
 steps, 2 x 4 x 4 latents for the 8 x 8 digits, trained once per `--workdir`); the others
-are the VP/VDM, non-isotropic, MuLAN and MDM configs as shipped, trained on their bounds. Every model is
-then evaluated by the command line users run, `adaptive-diffusion eval --method fid|kid|pr`:
+are the VP/VDM, non-isotropic, MuLAN and MDM configs as shipped, trained on their bounds.
+Every model is then evaluated by the command line users run,
+`adaptive-diffusion eval --method fid|kid|pr`:
 `--num-samples` samples of the EMA weights from the config's sampler (ancestral, on
 DDPM's T - 1 latents or 1000 steps), against the whole test split (297 digits), in the
 features of the classifier trained on the train split's labels (the same cached
