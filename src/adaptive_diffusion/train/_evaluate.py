@@ -4,7 +4,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import equinox as eqx
 import jax
@@ -23,7 +23,7 @@ from ._step import shard_batch
 
 Method = Literal["elbo", "vlb", "ode", "denoising"]
 
-METHODS: tuple[str, ...] = ("elbo", "vlb", "ode", "denoising")
+METHODS: tuple[str, ...] = get_args(Method)
 """The held-out figures `evaluate` computes."""
 
 SAMPLERS: dict[str, Sampler] = {

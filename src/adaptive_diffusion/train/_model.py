@@ -112,22 +112,7 @@ class DiffusionModel(eqx.Module):
         enter, not here); `key`; `train`, whether dropout is on (a key per example).
         """
         process = require_capability(self.process, AbstractLinearGaussianProcess, "The bound")
-
-        def one(x, k, uniform):
-            key_bound, key_dropout = jax.random.split(k)
-            net = _Dropout(self.denoiser, key_dropout) if train else self.denoiser
-            return nelbo(
-                process,
-                process.denoiser(net),
-                x,
-                key=key_bound,
-                num_levels=self.num_levels,
-                parameterization=self.parameterization,
-                times=self.times,
-                uniform=uniform,
-            )
-
-        return batch_bound(one, xs, key=key, times=self.times)
+        return self._per_example(nelbo, process, xs, key, train, num_levels=self.num_levels)
 
     def denoising(
         self, xs: Float[Array, " batch *shape"], *, key: PRNGKeyArray, train: bool = False
@@ -135,18 +120,32 @@ class DiffusionModel(eqx.Module):
         """`ad.denoising_loss` of each example (the noise-prediction MSE per element,
         unitless), at times of `times` drawn across the batch; arguments as `nelbo`."""
         process = require_capability(self.process, AbstractLinearProcess, "The denoising loss")
+        return self._per_example(denoising_loss, process, xs, key, train)
+
+    def _per_example(
+        self,
+        objective: Callable,
+        process: AbstractLinearProcess,
+        xs: Float[Array, " batch *shape"],
+        key: PRNGKeyArray,
+        train: bool,
+        **kwargs,
+    ):
+        """`objective(process, model, x, ...)` of each example through `batch_bound`: the
+        first half of each example's key drives the objective, the second dropout."""
 
         def one(x, k, uniform):
-            key_loss, key_dropout = jax.random.split(k)
+            key_objective, key_dropout = jax.random.split(k)
             net = _Dropout(self.denoiser, key_dropout) if train else self.denoiser
-            return denoising_loss(
+            return objective(
                 process,
                 process.denoiser(net),
                 x,
-                key=key_loss,
+                key=key_objective,
                 parameterization=self.parameterization,
                 times=self.times,
                 uniform=uniform,
+                **kwargs,
             )
 
         return batch_bound(one, xs, key=key, times=self.times)
