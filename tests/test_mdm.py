@@ -232,16 +232,18 @@ def test_bound_holds_for_the_optimal_score(getkey):
         assert bound - entropy < 0.1 + 4 * stderr, (type(process).__name__, bound, entropy)
 
 
-def test_decoder_of_v0_is_the_exact_posterior():
-    # CLD, one data coordinate: given x and z = u_{t_min}, the model's p(v_0 | x, z) must be
-    # the Gaussian posterior of v_0 ~ N(0, s^2) under z = A (x, v_0) + L eps, computed here
-    # in float64 by conditioning the joint Gaussian; the x term is VDM's discretised decoder
-    # on the marginal of x given z alone. Float32 kernel and conditioning: 1e-4 relative
-    # at gamma_min = -9.5; at -27 (the reference's t_min = 1e-3) the data block of Sigma is
-    # 1e-12 and float32's conditioning on it costs 1e-3 relative (measured 7.7e-4).
+def test_decoder_is_the_exact_posterior():
+    # CLD, one data coordinate: given z = u_{t_min}, the model's decoder must be the exact
+    # posterior of z = A (x, v_0) + L eps with v_0 ~ N(0, s^2) and a flat prior on x,
+    # computed here in float64 another way: p(x | z) is N(z; a_0 x, N) with
+    # N = Sigma + s^2 a_1 a_1^T (v_0 integrated out first), i.e. precision a_0^T N^-1 a_0,
+    # under VDM's discretised decoder; p(v_0 | x, z) by conditioning the joint Gaussian.
+    # Float32 kernel and conditioning: 1e-4 relative at gamma_min = -9.5; at -27 (the
+    # reference's t_min = 1e-3) the data block of Sigma is 1e-12 and float32's conditioning
+    # on it costs 1e-3 relative (measured 7.7e-4).
     from adaptive_diffusion._discrete import discretized_gaussian_nll
 
-    for gamma_min, rtol in ((-27.0, 1.5e-3), (-9.5, 1e-4)):
+    for gamma_min, rtol in ((-27.0, 1.5e-3), (-9.5, 1e-4), (-5.5, 1e-4)):
         process = ad.CLD(gamma_min=gamma_min)
         a, sigma = (np.asarray(m, np.float64) for m in process.transition(process.t_min))
         s2 = process.aux_variance
@@ -251,15 +253,18 @@ def test_decoder_of_v0_is_the_exact_posterior():
         tau2 = 1.0 / (1.0 / s2 + a[:, 1] @ precision @ a[:, 1])
         mu = tau2 * a[:, 1] @ precision @ (z - a[:, 0] * x)
         v_nll = 0.5 * (v0 - mu) ** 2 / tau2 + 0.5 * math.log(2 * math.pi * tau2)
-        inv_a = np.linalg.inv(a)
-        cov = inv_a @ sigma @ inv_a.T
+        noise = np.linalg.inv(sigma + s2 * np.outer(a[:, 1], a[:, 1]))
+        x_precision = a[:, 0] @ noise @ a[:, 0]
+        x_mean = a[:, 0] @ noise @ z / x_precision
         x_nll = discretized_gaussian_nll(
-            jnp.float32(x), jnp.float32((inv_a @ z)[0]), jnp.float32(math.sqrt(cov[0, 0])), 17
+            jnp.float32(x), jnp.float32(x_mean), jnp.float32(x_precision**-0.5), 17
         )
         u = jnp.asarray(z, jnp.float32).reshape(2, 1)
         u0 = jnp.array([[x], [v0]], jnp.float32)
         got = process.decoder_nll(u, u0, 17)
         np.testing.assert_allclose(got, float(x_nll) + v_nll, rtol=rtol)
+        # Its mode is the bin of that mean.
+        assert int(process.decode(u, 17)[0]) == int(ad.to_levels(jnp.float32(x_mean), 17))
 
 
 @pytest.mark.parametrize("n", [2, 5])
