@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint clean
+.PHONY: test test-slow demo lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,10 +13,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The suite without the end-to-end runs marked slow (CLI jobs, crash and resume, two
+# hosts); CI runs those too, by test-slow.
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pyright src
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m slow
 
 demo: $(STAMP)
 	$(BIN)/python -m adaptive_diffusion.demo

@@ -26,6 +26,7 @@ def test_autoencoder_shapes_and_errors():
         nn.Autoencoder((1, 8, 8), key=jax.random.key(0), latent_channels=0)
 
 
+@pytest.mark.slow
 def test_autoencoder_command_round_trip(tmp_path, capsys):
     # 300 steps already reconstruct held-out digits far better than their mean image does
     # (MSE 0.26): about 0.019 measured; 3000 steps (the command's default) reach 0.0046, so

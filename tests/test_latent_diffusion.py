@@ -68,6 +68,7 @@ def test_latent_diffusion_is_its_process_on_the_latents():
         ad.require_capability(process, ad.AbstractLinearGaussianProcess, "The bound")
 
 
+@pytest.mark.slow
 def test_latent_diffusion_from_the_command_line(tmp_path, capsys):
     # Train (the autoencoder unchanged by it), sample and evaluate a Laplace DDPM on the
     # latents of an autoencoder; a bound is refused; an autoencoder of other images too.

@@ -520,6 +520,7 @@ def test_antithetic_times_visit_every_step_once():
         assert sorted(grid.astype(int)) == list(range(1, steps + 1))
 
 
+@pytest.mark.slow
 def test_cli_mulan_run_writes_the_snr_figure(tmp_path):
     config = _write_config(
         tmp_path / "mulan.yaml",
@@ -611,6 +612,7 @@ def test_build_model_ddpm_families_and_errors():
             build(*wrong)
 
 
+@pytest.mark.slow
 def test_cli_ddpm_run_with_laplace_noise(tmp_path, capsys):
     # The CLI's train, eval and sample, unchanged, on a Laplace DDPM: trained and evaluated
     # by the denoising loss, sampled by DDPM's ancestral sampler on its T - 1 steps; asking
