@@ -118,6 +118,7 @@ def test_every_core_function_on_every_family(name):
                 dequantization=ad.ProcessDequantization(),
                 num_samples=2,
                 importance_weighted=True,
+                likelihood=ad.ODELikelihood(trace=ad.ExactTrace()),
             ),
             "prior": process.prior_sample(next(keys), SHAPE),
         }

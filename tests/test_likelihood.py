@@ -223,3 +223,21 @@ def test_process_dequantization_bounds_discrete_data(getkey):
     assert expected >= entropy_bpd - 0.01
     assert expected - entropy_bpd < 0.01
     np.testing.assert_allclose(bpd, -log_probs / (2 * math.log(2)), atol=0.02)
+
+
+def test_importance_weighting_refuses_a_random_trace():
+    # exp of a Hutchinson log-density is biased upward, so a logsumexp over draws of it is
+    # no bound: the weighted estimate must ask for the exact trace (or no weighting).
+    process = ad.VP(ad.LinearSchedule(-13.3, 5.0))
+    x = ad.from_levels(jnp.array([3, 9]), 16)
+
+    def bound(**kwargs):
+        return ad.ode_bits_per_dim(
+            process, lambda u, t: -u, x, key=jax.random.key(0), num_levels=16, **kwargs
+        )
+
+    with pytest.raises(ValueError, match="ExactTrace"):
+        bound(num_samples=2, importance_weighted=True)
+    exact = ad.ODELikelihood(trace=ad.ExactTrace())
+    assert np.isfinite(bound(num_samples=2, importance_weighted=True, likelihood=exact))
+    assert np.isfinite(bound(num_samples=2, importance_weighted=False))

@@ -89,6 +89,12 @@ class ReverseMode(AbstractJacobianProducts):
 class AbstractTraceEstimator(eqx.Module):
     r"""Computes $f(u)$ and (an estimate of) $\operatorname{tr} \partial f / \partial u$."""
 
+    @property
+    def is_exact(self) -> bool:
+        """Whether the divergence is exact (not a random estimate): what importance
+        weighting over draws needs (see `ode_bits_per_dim`)."""
+        return False
+
     @abc.abstractmethod
     def init(self, key: PRNGKeyArray, u: Noise) -> Float[Array, " probes *noise"]:
         """Draw what the estimator keeps fixed for a whole solve (the probes)."""
@@ -105,6 +111,10 @@ class ExactTrace(AbstractTraceEstimator):
 
     Costs $D$ Jacobian-vector products per evaluation: for small dimension only.
     """
+
+    @property
+    def is_exact(self) -> bool:
+        return True
 
     def init(self, key: PRNGKeyArray, u: Noise) -> Float[Array, " probes *noise"]:
         del key
@@ -538,7 +548,13 @@ def ode_bits_per_dim(
     $\log \tfrac1N \sum_n w_n$ (importance-weighted, Burda et al. 2016; MuLAN's
     reference uses 20 draws of its latent) and $\tfrac1N \sum_n \log w_n$ are, in
     expectation, lower bounds on $\log P(x)$; on the same draws the first is never the
-    looser.
+    looser. That needs exact $\log p_0$: with a random trace estimate $\log \hat p_0 =
+    \log p_0 + n$, $\mathbb E[n] = 0$, the mean of the $\log w_n$ stays a bound but
+    $\mathbb E\, e^{n} > 1$ inflates every $w_n$, and the importance-weighted value falls
+    below the bound (measured on digits with 4 draws and one Hutchinson probe: 0.24 bits/dim
+    below the exact-trace value for VP, 0.69 for CLD). So importance weighting with
+    $N > 1$ requires an exact trace estimator (`ExactTrace`), and raises `ValueError`
+    otherwise.
 
     **Arguments:**
 
@@ -555,6 +571,14 @@ def ode_bits_per_dim(
     **Returns:** the bound, in bits per dimension (NaN if a solve failed).
     """
     check_discrete_eagerly(x, num_levels)
+    if importance_weighted and num_samples > 1 and not likelihood.trace.is_exact:
+        raise ValueError(
+            f"importance_weighted=True over {num_samples} draws needs exact log-densities, "
+            f"but the trace estimator is {type(likelihood.trace).__name__}: the exponential "
+            "of its noisy log-density is biased upward, so the weighted value is no bound. "
+            "Pass likelihood=ODELikelihood(trace=ExactTrace()) (small dimension), or "
+            "importance_weighted=False."
+        )
 
     def log_weight(k):
         key_q, key_ode = jax.random.split(k)

@@ -226,9 +226,10 @@ class EvalConfig:
       the discrete data: `"process"` (the forward process's own $q(z_0 \\mid x)$ and
       decoder, consistent with training on bin centres), `"truncated_normal"` (i-DODE's,
       MuLAN's evaluation) or `"uniform"`.
-    - `ode_samples`: draws per example of the ODE bound (of the dequantisation and, for
-      `"mulan"`, of the latent), combined by importance weighting (MuLAN's reference
-      uses 20).
+    - `ode_samples`: draws per example of the ODE bound (of the dequantisation and of
+      any auxiliary state: MuLAN's latent, an MDM's $v_0$), combined by importance
+      weighting (MuLAN's reference uses 20); more than one switches the solves to the
+      exact trace, which a weighted bound needs (see `ad.ode_bits_per_dim`).
     """
 
     examples: int = 512
