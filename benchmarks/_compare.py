@@ -19,7 +19,6 @@ its finished runs; runs already in the file are skipped.
 import argparse
 import json
 import pathlib
-import platform
 import time
 
 import equinox as eqx
@@ -27,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _report import machine
 from adaptive_diffusion.data import levels_to_centres
 from adaptive_diffusion.train import (
     config_path,
@@ -153,7 +153,7 @@ def main(description, models, data, default_models, name):
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = json.loads(out.read_text()) if out.exists() else {"rows": []}
-    report["machine"] = {"platform": platform.platform(), "devices": str(jax.devices())}
+    report["machine"] = machine()
     done = {(r["data"], r["model"], r["seed"], r["steps"]) for r in report["rows"]}
     for seed in args.seeds:
         for model_name in args.models:

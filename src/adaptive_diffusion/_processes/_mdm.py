@@ -57,6 +57,7 @@ The networks take the state with the auxiliary variables as extra channels:
 import abc
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -173,6 +174,20 @@ def _resolve_time_min(
     if gamma_min is not None:
         return time_min_for_gamma(q, d, beta_min, beta_max, gamma_min)
     return 1e-3 if time_min is None else time_min
+
+
+class _Decoder(NamedTuple):
+    r"""The pieces of an MDM's decoder at $z = u_{t_{\min}}$ (`AbstractLinearMDM._decoder`):
+    $p(x \mid z)$'s mean `x_mean` and standard deviation `x_std`; the kernel-only mean
+    $\mu = A^{-1} z$ (`mean`); the gain $g$ of $v_0$ on $x$ (`gain`); $s^2 W$ (`shrink`)
+    and $S$ (`v_cov`)."""
+
+    x_mean: Array
+    x_std: Array
+    mean: Array
+    gain: Array
+    shrink: Array
+    v_cov: Array
 
 
 class AbstractLinearMDM(AbstractSDEProcess):
@@ -315,7 +330,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         inv = inverse(a)
         return _apply(inv, z), inv @ sigma @ inv.T
 
-    def _decoder(self, z: MState) -> tuple[Array, ...]:
+    def _decoder(self, z: MState) -> _Decoder:
         r"""The decoder's pieces at $z = u_{t_{\min}}$: the mean and standard deviation of
         $p(x \mid z)$, and what $p(v_0 \mid x, z)$ needs.
 
@@ -328,8 +343,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         precision $\lambda = 1/C_{xx} + g^\top W g$ and mean
         $\mu_x - g^\top W \mu_v / \lambda$.
 
-        **Returns:** `(x_mean, x_std, mean, gain, shrink, v_cov)`: $p(x \mid z)$'s mean
-        and standard deviation, $\mu$, $g$, $s^2 W$ and $S$.
+        **Returns:** a `_Decoder`.
         """
         mean, cov = self._reverse(z, self.t_min)
         gain = cov[1:, 0] / cov[0, 0]
@@ -341,7 +355,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         w = spd_inverse(v_cov + s2 * jnp.eye(self.num_aux, dtype=v_cov.dtype))
         precision = 1.0 / cov[0, 0] + gain @ w @ gain
         x_mean = mean[0] - jnp.tensordot(w @ gain, mean[1:], axes=1) / precision
-        return x_mean, jax.lax.rsqrt(precision), mean, gain, s2 * w, v_cov
+        return _Decoder(x_mean, jax.lax.rsqrt(precision), mean, gain, s2 * w, v_cov)
 
     def decoder_nll(self, u: MState, u0: MState, num_levels: int) -> Float[Array, ""]:
         r"""$-\log P(x \mid z) - \log p(v_0 \mid x, z)$ at $z = u_{t_{\min}}$: the exact
@@ -357,12 +371,12 @@ class AbstractLinearMDM(AbstractSDEProcess):
         $q(v_0)$ a late $t_{\min}$ (large $S$) would charge $v_0$ far more than the
         `auxiliary` term $\log q(v_0)$ gives back; with it, the two sum to at most 0 in
         expectation (minus the information $z$ carries about $v_0$)."""
-        x_mean, x_std, mean, gain, shrink, v_cov = self._decoder(u)
+        d = self._decoder(u)
         x, v = u0[0], u0[1:]
-        x_nll = discretized_gaussian_nll(x, x_mean, x_std, num_levels)
-        v_mean = mean[1:] + gain.reshape(-1, *(1,) * x.ndim) * (x - mean[0])[None]
-        post_mean = _apply(shrink, v_mean)
-        post_cov = v_cov @ shrink
+        x_nll = discretized_gaussian_nll(x, d.x_mean, d.x_std, num_levels)
+        v_mean = d.mean[1:] + d.gain.reshape(-1, *(1,) * x.ndim) * (x - d.mean[0])[None]
+        post_mean = _apply(d.shrink, v_mean)
+        post_cov = d.v_cov @ d.shrink
         chol = cholesky(0.5 * (post_cov + post_cov.T))
         white = _apply(triangular_inverse(chol), v - post_mean)
         v_nll = 0.5 * jnp.sum(white**2) + x.size * (
@@ -372,7 +386,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
 
     def decode(self, u: MState, num_levels: int) -> Int[Array, "*shape"]:
         r"""The data block's decoder mode: the bin nearest the mean of $p(x \mid z)$."""
-        return to_levels(self._decoder(u)[0], num_levels)
+        return to_levels(self._decoder(u).x_mean, num_levels)
 
     def prior_kl(self, u0: MState) -> Float[Array, ""]:
         r"""$\mathrm{KL}(\mathcal N(A_1 u_0, \Sigma_1) \Vert \mathcal N(0, I))$, summed over the
