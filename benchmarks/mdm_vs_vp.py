@@ -18,6 +18,8 @@ which its decoder of $v_0$ mostly gives back.
     python benchmarks/mdm_vs_vp.py --steps 2000 --seeds 0 --models cld_gamma-9.5 \\
         cld_gamma-5.5 cld_gamma-3.5 --out benchmarks/results/mdm_gamma_sweep.json
     python benchmarks/mdm_vs_vp.py --data digits --steps 2000 --seeds 0 1 2
+    python benchmarks/mdm_vs_vp.py --steps 2000 --seeds 0 1 2 --models cld_auxlearned \
+        learned_k1_auxlearned --ode-examples 32 --ode-samples 1 --elbo-repeats 16
 """
 
 from _compare import main
@@ -54,6 +56,17 @@ MODELS = {
         f"{name}_gamma{g}": [*_MDM, *overrides, f"process.gamma_min={g}"]
         for name, overrides in _FAMILIES.items()
         for g in GAMMA_GRID
+    },
+    # The same with q(v_0 | x) learned and x-conditioned (`process.aux_init=learned`) in
+    # place of the reference's fixed N(0, 0.01 I).
+    **{
+        f"{name}_auxlearned": [
+            *_MDM,
+            *overrides,
+            f"process.gamma_min={FAMILY_GAMMA_MIN[name]}",
+            "process.aux_init=learned",
+        ]
+        for name, overrides in _FAMILIES.items()
     },
 }
 DATA = {

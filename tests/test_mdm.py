@@ -192,9 +192,16 @@ def test_joint_ode_likelihood_of_a_learned_mdm():
 NUM_LEVELS = 4
 
 
+def _with_aux_init(process, coef, variance):
+    """`process` with q(v_0 | x) = N(coef x, variance) for every auxiliary variable."""
+    k = process.num_aux
+    params = jnp.stack([jnp.full(k, coef), jnp.full(k, math.log(variance))])
+    return eqx.tree_at(lambda p: p.aux_params, process, params)
+
+
 def test_bound_holds_for_the_optimal_score(getkey):
-    # P over the 4 x 4 bins of [-1, 1]^2; u_0 = (x, v_0) with v_0 ~ N(0, s^2): a mixture
-    # over the joint state whose marginals (and exact score) the helpers compute.
+    # P over the 4 x 4 bins of [-1, 1]^2; u_0 = (x, v_0) with v_0 ~ q(v_0 | x) = N(c x, s^2):
+    # a mixture over the joint state whose marginals (and exact score) the helpers compute.
     k = jnp.arange(NUM_LEVELS)
     points = ad.from_levels(jnp.stack(jnp.meshgrid(k, k, indexing="ij"), -1).reshape(-1, 2), 4)
     cov = jnp.array([[0.4, 0.2], [0.2, 0.5]])
@@ -202,11 +209,17 @@ def test_bound_holds_for_the_optimal_score(getkey):
     num = 512
     weights = jnp.exp(log_probs)
     entropy = -weights @ log_probs / (2 * math.log(2))
-    for process in (ad.CLD(), ad.LearnedMDM(2, key=getkey())):
+    processes = (
+        ad.CLD(),
+        ad.LearnedMDM(2, key=getkey()),
+        # A learned, x-conditioned q(v_0 | x) away from its initialisation.
+        _with_aux_init(ad.CLD(learn_aux_init=True), 0.5, 0.04),
+    )
+    for process in processes:
         n = process.num_aux + 1
-        s2 = process.aux_variance
-        means = jnp.concatenate([points, jnp.zeros((16, 2 * (n - 1)))], 1)
-        block = jnp.diag(jnp.concatenate([jnp.zeros(2), s2 * jnp.ones(2 * (n - 1))]))
+        coef, var = process.aux_init()
+        means = jnp.concatenate([points, *(c * points for c in coef)], 1)
+        block = jnp.diag(jnp.concatenate([jnp.zeros(2), jnp.repeat(var, 2)]))
         atoms = GaussianMixture(
             log_probs, means, jnp.broadcast_to(block, (16, 2 * n, 2 * n)), (n, 2)
         )
@@ -232,39 +245,73 @@ def test_bound_holds_for_the_optimal_score(getkey):
         assert bound - entropy < 0.1 + 4 * stderr, (type(process).__name__, bound, entropy)
 
 
-def test_decoder_is_the_exact_posterior():
-    # CLD, one data coordinate: given z = u_{t_min}, the model's decoder must be the exact
-    # posterior of z = A (x, v_0) + L eps with v_0 ~ N(0, s^2) and a flat prior on x,
-    # computed here in float64 another way: p(x | z) is N(z; a_0 x, N) with
-    # N = Sigma + s^2 a_1 a_1^T (v_0 integrated out first), i.e. precision a_0^T N^-1 a_0,
-    # under VDM's discretised decoder; p(v_0 | x, z) by conditioning the joint Gaussian.
+@pytest.mark.parametrize("coef, s2", [(0.0, 0.01), (-0.6, 0.05)])
+def test_decoder_is_the_exact_posterior(coef, s2):
+    # CLD, one data coordinate, q(v_0 | x) = N(c x, s^2) (the reference's c = 0, s^2 =
+    # 0.01, and learned values): given z = u_{t_min}, the model's decoder must be the exact
+    # posterior of z = A (x, v_0) + L eps with a flat prior on x, computed here in float64
+    # another way: p(x | z) is N(z; (a_0 + c a_1) x, N) with N = Sigma + s^2 a_1 a_1^T (v_0
+    # integrated out first), i.e. precision e^T N^-1 e for e = a_0 + c a_1, under VDM's
+    # discretised decoder; p(v_0 | x, z) by conditioning the joint Gaussian.
     # Float32 kernel and conditioning: 1e-4 relative at gamma_min = -9.5; at -27 (the
     # reference's t_min = 1e-3) the data block of Sigma is 1e-12 and float32's conditioning
     # on it costs 1e-3 relative (measured 7.7e-4).
     from adaptive_diffusion._discrete import discretized_gaussian_nll
 
-    for gamma_min, rtol in ((-27.0, 1.5e-3), (-9.5, 1e-4), (-5.5, 1e-4)):
-        process = ad.CLD(gamma_min=gamma_min)
+    for gamma_min, rtol in ((-27.0, 1.5e-3), (-9.5, 1e-4), (-2.5, 1e-4)):
+        process = _with_aux_init(ad.CLD(gamma_min=gamma_min, learn_aux_init=True), coef, s2)
         a, sigma = (np.asarray(m, np.float64) for m in process.transition(process.t_min))
-        s2 = process.aux_variance
-        x, v0 = 0.375, 0.07
+        x, v0 = 0.375, coef * 0.375 + 0.07
         z = a @ np.array([x, v0]) + np.linalg.cholesky(sigma) @ np.array([0.3, -1.2])
         precision = np.linalg.inv(sigma)
         tau2 = 1.0 / (1.0 / s2 + a[:, 1] @ precision @ a[:, 1])
-        mu = tau2 * a[:, 1] @ precision @ (z - a[:, 0] * x)
+        mu = tau2 * (a[:, 1] @ precision @ (z - a[:, 0] * x) + coef * x / s2)
         v_nll = 0.5 * (v0 - mu) ** 2 / tau2 + 0.5 * math.log(2 * math.pi * tau2)
+        effect = a[:, 0] + coef * a[:, 1]
         noise = np.linalg.inv(sigma + s2 * np.outer(a[:, 1], a[:, 1]))
-        x_precision = a[:, 0] @ noise @ a[:, 0]
-        x_mean = a[:, 0] @ noise @ z / x_precision
+        x_precision = effect @ noise @ effect
+        x_mean = effect @ noise @ z / x_precision
         x_nll = discretized_gaussian_nll(
             jnp.float32(x), jnp.float32(x_mean), jnp.float32(x_precision**-0.5), 17
         )
         u = jnp.asarray(z, jnp.float32).reshape(2, 1)
         u0 = jnp.array([[x], [v0]], jnp.float32)
         got = process.decoder_nll(u, u0, 17)
-        np.testing.assert_allclose(got, float(x_nll) + v_nll, rtol=rtol)
+        np.testing.assert_allclose(got, float(x_nll) + v_nll, rtol=rtol, err_msg=str(gamma_min))
         # Its mode is the bin of that mean.
         assert int(process.decode(u, 17)[0]) == int(ad.to_levels(jnp.float32(x_mean), 17))
+    # The reference's fixed law is the learned one at its initialisation.
+    fixed, learned = ad.CLD(gamma_min=-5.5), ad.CLD(gamma_min=-5.5, learn_aux_init=True)
+    np.testing.assert_allclose(fixed.decoder_nll(u, u0, 17), learned.decoder_nll(u, u0, 17))
+
+
+def test_learned_aux_init_draws_costs_and_trains(getkey):
+    # q(v_0 | x) = N(c x, s^2): the draw, its log-density (the importance weight) and its
+    # expectation (the bound's auxiliary term, the negated entropy) in closed form, and
+    # gradients reach (c, log s^2).
+    process = _with_aux_init(ad.LearnedMDM(2, key=getkey(), learn_aux_init=True), 0.3, 0.02)
+    x = ad.from_levels(jax.random.randint(getkey(), (1, 4, 4), 0, 17), 17)
+    key = getkey()
+    draw = process.initial_state(key, x)
+    white = jax.random.normal(key, (2, 1, 4, 4))
+    np.testing.assert_allclose(draw.state[0], x)
+    # float32: s = exp(log s^2 / 2) is rounded twice (a few ulps of values below 1).
+    np.testing.assert_allclose(draw.state[1:], 0.3 * x[None] + math.sqrt(0.02) * white, atol=1e-6)
+    log_q = -0.5 * jnp.sum(white**2) - 32 * 0.5 * math.log(2 * math.pi * 0.02)
+    np.testing.assert_allclose(draw.log_ratio, log_q, rtol=1e-6)
+    np.testing.assert_allclose(draw.kl, -32 * 0.5 * (1 + math.log(2 * math.pi * 0.02)), rtol=1e-6)
+
+    # The parameters enter the bound through the draw, its cost and the decoder (the
+    # diffusion and prior terms see them only through u_0): their gradients at a fixed z.
+    def loss(process):
+        draw = process.initial_state(key, x)
+        z = draw.state + 0.1 * jnp.ones_like(draw.state)
+        return process.decoder_nll(z, draw.state, 17) + draw.kl
+
+    grads = eqx.filter_jit(jax.grad(loss))(process)
+    assert np.all(np.isfinite(grads.aux_params)) and np.all(grads.aux_params != 0)
+    # Fixed (the default), it is no parameter at all.
+    assert ad.CLD().aux_params is None and ad.LearnedMDM(1, key=getkey()).aux_params is None
 
 
 @pytest.mark.parametrize("n", [2, 5])

@@ -461,6 +461,19 @@ def test_mdm_configs_build_every_diffusion():
         # The same MLP, with the K + 1 variables of each pixel as channels, and the
         # Fourier features (2 exponents, sine and cosine) of the data's 64 only.
         assert model.denoiser.lift.in_features == 64 * (num_aux + 1) + 4 * 64, overrides
+    # q(v_0 | x) is the reference's fixed law unless `aux_init=learned`, and then it is
+    # among the arrays training updates.
+    assert model.process.aux_params is None
+    for overrides in [
+        ("process.aux_init=learned",),
+        ("process.diffusion=learned", "process.aux_init=learned"),
+    ]:
+        learned = build(*overrides).process
+        coef, var = learned.aux_init()
+        np.testing.assert_allclose(coef, 0.0)
+        np.testing.assert_allclose(var, 0.01, rtol=1e-6)
+        params = eqx.filter(learned, ad.trainable(learned))
+        assert params.aux_params is not None, overrides
     # The shipped config importance-samples its times on the process's own beta.
     assert base.process.times == "likelihood"
     alda = build("process.diffusion=alda")
@@ -475,6 +488,7 @@ def test_mdm_configs_build_every_diffusion():
         (["process.diffusion=heun"], "Unknown process.diffusion 'heun'"),
         (["process.num_aux=2"], "fixed number of variables"),
         (["process.schedule=cosine"], "kind=vp or nonisotropic or mulan only"),
+        (["process.kind=vp", "process.aux_init=learned"], "kind=mdm only"),
     ]:
         with pytest.raises(ValueError, match=match):
             build(*wrong)

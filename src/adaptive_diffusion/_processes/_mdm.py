@@ -19,9 +19,12 @@ cancellation): $I - A_t A_t^\top$ loses all precision at small $t$ in float32 (C
 block is $O(t^3)$), and the block exponential over all of $B(t)$ loses it at large $t$.
 
 **Bound.** $u_0 = (x, v_0)$ with $v_0 \sim q(v_0 \mid x) = \mathcal N(0, s^2 I)$ (the
-reference's $s^2 = 0.01$), so $-\log P(x) \le \mathbb E_q[-\log p(x, v_0)] + \mathbb E_q
-\log q(v_0 \mid x)$: the second term is the bound's `auxiliary` term, and the first is
-the VDM-form bound of the joint state, whose diffusion term is
+reference's $s^2 = 0.01$), or, with `learn_aux_init`, the learned and $x$-conditioned
+$\mathcal N(c\,x, \operatorname{diag}(s^2))$ ($c_k$, $s_k$ per auxiliary variable, shared
+by every coordinate: linear in $x$, so the decoder stays the exact Gaussian posterior),
+so $-\log P(x) \le \mathbb E_q[-\log p(x, v_0)] + \mathbb E_q \log q(v_0 \mid x)$: the
+second term is the bound's `auxiliary` term, and the first is the VDM-form bound of the
+joint state, whose diffusion term is
 $\tfrac12 \lVert G^\top (\hat s - s)\rVert^2 = \tfrac12 \beta\, r^\top L_t^{-1} 2D L_t^{-\top} r$
 per data coordinate, $r = \hat\varepsilon - \varepsilon$ (the network predicts
 $\varepsilon$, the score is $-L_t^{-\top}\hat\varepsilon$). $\Sigma_t$ is singular at $t = 0$,
@@ -179,20 +182,33 @@ def _resolve_time_min(
 class _Decoder(NamedTuple):
     r"""The pieces of an MDM's decoder at $z = u_{t_{\min}}$ (`AbstractLinearMDM._decoder`):
     $p(x \mid z)$'s mean `x_mean` and standard deviation `x_std`; the kernel-only mean
-    $\mu = A^{-1} z$ (`mean`); the gain $g$ of $v_0$ on $x$ (`gain`); $s^2 W$ (`shrink`)
-    and $S$ (`v_cov`)."""
+    $\mu = A^{-1} z$ (`mean`); the gain $g$ of $v_0$ on $x$ (`gain`); $S$ (`v_cov`),
+    $W = (S + V)^{-1}$ (`w`) and $q(v_0 \mid x)$'s coefficient $c$ (`coef`) and variances
+    $V$ (`var`)."""
 
     x_mean: Array
     x_std: Array
     mean: Array
     gain: Array
-    shrink: Array
     v_cov: Array
+    w: Array
+    coef: Array
+    var: Array
+
+
+def _aux_init_params(num_aux: int, aux_variance: float, learn: bool) -> Array | None:
+    r"""The learned $(c, \log s^2)$ of $q(v_0 \mid x)$, starting at the fixed law
+    $(0, s^2)$; `None` when it stays fixed."""
+    if not learn:
+        return None
+    return jnp.stack([jnp.zeros(num_aux), jnp.full(num_aux, math.log(aux_variance))])
 
 
 class AbstractLinearMDM(AbstractSDEProcess):
     r"""A linear MDM with $\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})$, the
-    prior $\mathcal N(0, I)$ and $q(v_0 \mid x) = \mathcal N(0, s^2 I)$.
+    prior $\mathcal N(0, I)$ and $q(v_0 \mid x) = \mathcal N(c\,x, \operatorname{diag}(s^2))$
+    per auxiliary variable (`aux_init`): $(0, s^2)$ fixed, the reference's, unless
+    `aux_params` holds the learned $(c, \log s^2)$.
 
     Subclasses give the matrices (`matrices`) and the fields below.
     """
@@ -200,6 +216,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
     beta_min: eqx.AbstractVar[float]
     beta_max: eqx.AbstractVar[float]
     aux_variance: eqx.AbstractVar[float]
+    aux_params: eqx.AbstractVar[Float[Array, "2 k"] | None]
     time_min: eqx.AbstractVar[float]
 
     @abc.abstractmethod
@@ -236,19 +253,31 @@ class AbstractLinearMDM(AbstractSDEProcess):
         a, sigma = self.transition(t)
         return a, cholesky(sigma)
 
+    def aux_init(self) -> tuple[Float[Array, " k"], Float[Array, " k"]]:
+        r"""$(c, s^2)$ of $q(v_0 \mid x) = \mathcal N(c\,x, \operatorname{diag}(s^2))$, one
+        pair per auxiliary variable, the same for every data coordinate."""
+        if self.aux_params is None:
+            k = self.num_aux
+            return jnp.zeros(k), jnp.full(k, self.aux_variance)
+        coef, log_var = self.aux_params
+        return coef, jnp.exp(log_var)
+
     # The state.
 
     def initial_state(self, key: PRNGKeyArray, x: Data) -> InitialState:
-        r"""$v_0 \sim \mathcal N(0, s^2 I)$; the cost is $\log q(v_0 \mid x)$ and its
-        expectation $-\tfrac{KD}{2}(1 + \log 2\pi s^2)$ (the entropy, negated)."""
-        k = self.num_aux
-        white = jax.random.normal(key, (k, *x.shape), x.dtype)
-        log_norm = 0.5 * math.log(2 * math.pi * self.aux_variance)
-        n = white.size
-        log_q = -0.5 * jnp.sum(white**2) - n * log_norm
-        expected = jnp.asarray(-n * (0.5 + log_norm), x.dtype)
-        u0 = jnp.concatenate([x[None], math.sqrt(self.aux_variance) * white])
-        return InitialState(u0, log_q, expected)
+        r"""$v_0 = c\,x + s\,\xi$, $\xi \sim \mathcal N(0, I)$; the cost is
+        $\log q(v_0 \mid x)$ and its expectation
+        $-\tfrac{D}{2}\sum_k (1 + \log 2\pi s_k^2)$ (the entropy, negated)."""
+        coef, var = self.aux_init()
+        white = jax.random.normal(key, (self.num_aux, *x.shape), x.dtype)
+        per_variable = (-1, *(1,) * x.ndim)
+        # Per data coordinate, sum_k log(2 pi s_k^2) / 2.
+        log_norm = 0.5 * jnp.sum(jnp.log(2 * math.pi * var))
+        log_q = -0.5 * jnp.sum(white**2) - x.size * log_norm
+        expected = -x.size * (0.5 * self.num_aux + log_norm)
+        v0 = coef.reshape(per_variable) * x[None] + jnp.sqrt(var).reshape(per_variable) * white
+        u0 = jnp.concatenate([x[None], v0.astype(x.dtype)])
+        return InitialState(u0, log_q.astype(x.dtype), expected.astype(x.dtype))
 
     def init_aux(self, key: PRNGKeyArray, x: Data) -> MState:
         r"""$u_0 = (x, v_0)$ with $v_0 \sim q(v_0 \mid x)$."""
@@ -336,47 +365,54 @@ class AbstractLinearMDM(AbstractSDEProcess):
 
         The kernel alone gives $u_0 \mid z \sim \mathcal N(\mu, C)$, $\mu = A^{-1}z$,
         $C = A^{-1}\Sigma A^{-\top}$; conditioned on $x$, $v_0 \sim \mathcal N(\mu_v +
-        g(x - \mu_x), S)$ with $g = C_{v x}/C_{xx}$, $S = C_{vv} - g C_{xv}$. The prior
-        $q(v_0) = \mathcal N(0, s^2 I)$ integrated out leaves
+        g(x - \mu_x), S)$ with $g = C_{v x}/C_{xx}$, $S = C_{vv} - g C_{xv}$. The law
+        $q(v_0 \mid x) = \mathcal N(c\,x, V)$ integrated out leaves
         $p(x \mid z) \propto \mathcal N(x; \mu_x, C_{xx})\,
-        \mathcal N(\mu_v + g(x - \mu_x); 0, W^{-1})$, $W = (S + s^2 I)^{-1}$: a Gaussian of
-        precision $\lambda = 1/C_{xx} + g^\top W g$ and mean
-        $\mu_x - g^\top W \mu_v / \lambda$.
+        \mathcal N(b + h x; 0, W^{-1})$ with $h = g - c$, $b = \mu_v - g\mu_x$ and
+        $W = (S + V)^{-1}$: a Gaussian of precision $\lambda = 1/C_{xx} + h^\top W h$ and
+        mean $(\mu_x / C_{xx} - h^\top W b) / \lambda = \mu_x - h^\top W (\mu_v - c\,\mu_x)
+        / \lambda$ (for $c = 0$, $\mu_x - g^\top W \mu_v / \lambda$).
 
         **Returns:** a `_Decoder`.
         """
         mean, cov = self._reverse(z, self.t_min)
+        coef, var = self.aux_init()
         gain = cov[1:, 0] / cov[0, 0]
         v_cov = cov[1:, 1:] - jnp.outer(gain, cov[0, 1:])
-        # One inverse, of a matrix whose eigenvalues are at least s^2 (S itself may be
+        # One inverse, of a matrix whose eigenvalues are at least min(s^2) (S itself may be
         # nearly singular: ALDA's first auxiliary block is O(t^3)).
-        s2 = self.aux_variance
         v_cov = 0.5 * (v_cov + v_cov.T)
-        w = spd_inverse(v_cov + s2 * jnp.eye(self.num_aux, dtype=v_cov.dtype))
-        precision = 1.0 / cov[0, 0] + gain @ w @ gain
-        x_mean = mean[0] - jnp.tensordot(w @ gain, mean[1:], axes=1) / precision
-        return _Decoder(x_mean, jax.lax.rsqrt(precision), mean, gain, s2 * w, v_cov)
+        w = spd_inverse(v_cov + jnp.diag(var))
+        h = gain - coef
+        # mu_v - c mu_x = b + h mu_x: the mean in the form that needs no 1 / C_xx.
+        residual = mean[1:] - coef.reshape(-1, *(1,) * (mean.ndim - 1)) * mean[0][None]
+        precision = 1.0 / cov[0, 0] + h @ w @ h
+        x_mean = mean[0] - jnp.tensordot(w @ h, residual, axes=1) / precision
+        return _Decoder(x_mean, jax.lax.rsqrt(precision), mean, gain, v_cov, w, coef, var)
 
     def decoder_nll(self, u: MState, u0: MState, num_levels: int) -> Float[Array, ""]:
         r"""$-\log P(x \mid z) - \log p(v_0 \mid x, z)$ at $z = u_{t_{\min}}$: the exact
         posterior of the Gaussian model $z = A u_0 + L\varepsilon$ with a flat prior on
-        $x$ and the known $q(v_0) = \mathcal N(0, s^2 I)$ (see `_decoder`).
+        $x$ and $q(v_0 \mid x) = \mathcal N(c\,x, V)$ (see `_decoder`).
 
         The data takes VDM's discretised decoder on $p(x \mid z)$, whose standard
         deviation is about half the kernel-only one, $\sqrt{C_{xx}}$, for CLD (0.0048
         against 0.0092 at $\gamma_{\min} = -9.5$, 0.036 against 0.080 at $-5.5$): $v_0$'s
         prior says how little of $z_x$ the velocity moved. For $v_0$ the decoder is the
-        kernel conditioned on $x$, $\mathcal N(m, S)$, times $q(v_0)$: covariance
-        $s^2 S (S + s^2 I)^{-1}$ and mean $s^2 (S + s^2 I)^{-1} m$. Without the factor
-        $q(v_0)$ a late $t_{\min}$ (large $S$) would charge $v_0$ far more than the
-        `auxiliary` term $\log q(v_0)$ gives back; with it, the two sum to at most 0 in
-        expectation (minus the information $z$ carries about $v_0$)."""
+        kernel conditioned on $x$, $\mathcal N(m, S)$, times $q(v_0 \mid x)$: covariance
+        $(S^{-1} + V^{-1})^{-1} = S W V$ and mean $V W m + S W c\,x$. Without the factor
+        $q(v_0 \mid x)$ a late $t_{\min}$ (large $S$) would charge $v_0$ far more than the
+        `auxiliary` term $\log q(v_0 \mid x)$ gives back; with it, the two sum to at most
+        0 in expectation (minus the information $z$ carries about $v_0$)."""
         d = self._decoder(u)
         x, v = u0[0], u0[1:]
         x_nll = discretized_gaussian_nll(x, d.x_mean, d.x_std, num_levels)
-        v_mean = d.mean[1:] + d.gain.reshape(-1, *(1,) * x.ndim) * (x - d.mean[0])[None]
-        post_mean = _apply(d.shrink, v_mean)
-        post_cov = d.v_cov @ d.shrink
+        per_variable = (-1, *(1,) * x.ndim)
+        v_mean = d.mean[1:] + d.gain.reshape(per_variable) * (x - d.mean[0])[None]
+        shrink = d.var[:, None] * d.w
+        conditioned = d.coef.reshape(per_variable) * x[None]
+        post_mean = _apply(shrink, v_mean) + _apply(d.v_cov @ d.w, conditioned)
+        post_cov = d.v_cov @ shrink.T
         chol = cholesky(0.5 * (post_cov + post_cov.T))
         white = _apply(triangular_inverse(chol), v - post_mean)
         v_nll = 0.5 * jnp.sum(white**2) + x.size * (
@@ -483,10 +519,12 @@ class LinearMDM(AbstractLinearMDM):
     semi-definite).
 
     **Arguments:** `q`, `d` (each $(K{+}1) \times (K{+}1)$); `beta_min`, `beta_max` (the
-    reference's 0.1 and 10); `aux_variance` $s^2$ of $q(v_0 \mid x)$ (0.01); and where the
-    bound and the samplers stop: `time_min` $t_{\min}$ (the reference's $10^{-3}$, the
-    default), or `gamma_min`, the data coordinate's negative log-SNR there (see the
-    module's docstring; VDM's $-13.3$ for 256 levels).
+    reference's 0.1 and 10); `aux_variance` $s^2$ of $q(v_0 \mid x)$ (0.01);
+    `learn_aux_init`: learn $q(v_0 \mid x) = \mathcal N(c\,x, \operatorname{diag}(s^2))$
+    from $(0, s^2)$ (the matrices stay fixed); and where the bound and the samplers stop:
+    `time_min` $t_{\min}$ (the reference's $10^{-3}$, the default), or `gamma_min`, the
+    data coordinate's negative log-SNR there (see the module's docstring; VDM's $-13.3$
+    for 256 levels).
     """
 
     q: tuple[tuple[float, ...], ...] = eqx.field(static=True)
@@ -494,6 +532,7 @@ class LinearMDM(AbstractLinearMDM):
     beta_min: float = eqx.field(static=True)
     beta_max: float = eqx.field(static=True)
     aux_variance: float = eqx.field(static=True)
+    aux_params: Float[Array, "2 k"] | None
     time_min: float = eqx.field(static=True)
 
     def __init__(
@@ -504,6 +543,7 @@ class LinearMDM(AbstractLinearMDM):
         beta_min: float = 0.1,
         beta_max: float = 10.0,
         aux_variance: float = 0.01,
+        learn_aux_init: bool = False,
         time_min: float | None = None,
         gamma_min: float | None = None,
     ):
@@ -519,6 +559,7 @@ class LinearMDM(AbstractLinearMDM):
         self.d = tuple(map(tuple, d.tolist()))
         self.beta_min, self.beta_max = beta_min, beta_max
         self.aux_variance = aux_variance
+        self.aux_params = _aux_init_params(q.shape[0] - 1, aux_variance, learn_aux_init)
         self.time_min = _resolve_time_min(q, d, beta_min, beta_max, time_min, gamma_min)
 
     def matrices(self) -> tuple[Matrix, Matrix]:
@@ -568,9 +609,10 @@ class LearnedMDM(AbstractLinearMDM):
     and none of its configs uses it.)
 
     **Arguments:** `num_aux` $K$, `key`, `full_d`, `eps` ($10^{-3}$), and `beta_min`,
-    `beta_max`, `aux_variance`, `time_min`, `gamma_min` as `LinearMDM` (`gamma_min` is
-    solved for the initial matrices without their random part, $Q = 0$ and $D = (\log 2 +
-    \epsilon) I$, and the $t_{\min}$ stays fixed as they are learned). At initialisation the gap
+    `beta_max`, `aux_variance`, `learn_aux_init`, `time_min`, `gamma_min` as `LinearMDM`
+    (`gamma_min` is solved for the initial matrices without their random part, $Q = 0$
+    and $D = (\log 2 + \epsilon) I$, and the $t_{\min}$ stays fixed as they are learned).
+    At initialisation the gap
     $\mathrm{KL}(q(u_1 \mid u_0) \Vert \mathcal N(0, I))$ is $1.4 \cdot 10^{-3}$ nats per
     unit-scale data coordinate with a diagonal $D$ ($K = 1$, 2), $2.3 \cdot 10^{-3}$ with a
     full one; learning may move it.
@@ -583,6 +625,7 @@ class LearnedMDM(AbstractLinearMDM):
     beta_min: float = eqx.field(static=True)
     beta_max: float = eqx.field(static=True)
     aux_variance: float = eqx.field(static=True)
+    aux_params: Float[Array, "2 k"] | None
     time_min: float = eqx.field(static=True)
 
     def __init__(
@@ -595,6 +638,7 @@ class LearnedMDM(AbstractLinearMDM):
         beta_min: float = 0.1,
         beta_max: float = 10.0,
         aux_variance: float = 0.01,
+        learn_aux_init: bool = False,
         time_min: float | None = None,
         gamma_min: float | None = None,
     ):
@@ -610,6 +654,7 @@ class LearnedMDM(AbstractLinearMDM):
         self.eps = eps
         self.beta_min, self.beta_max = beta_min, beta_max
         self.aux_variance = aux_variance
+        self.aux_params = _aux_init_params(num_aux, aux_variance, learn_aux_init)
         mean_d = (math.log(2.0) + eps) * np.eye(n)
         self.time_min = _resolve_time_min(
             np.zeros((n, n)), mean_d, beta_min, beta_max, time_min, gamma_min

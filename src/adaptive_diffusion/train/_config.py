@@ -67,6 +67,10 @@ class ProcessConfig:
       variable), `"alda"` (two), `"malda"` or `"learned"` (Q and D learned).
     - `num_aux`: its number K of auxiliary variables (`"malda"`, `"learned"`); 0 for the
       family's default.
+    - `aux_init`: the law $q(v_0 \mid x)$ of the auxiliary variables at $t = 0$ (`"mdm"`
+      only): `"fixed"`, the reference's $\mathcal N(0, 0.01 I)$, or `"learned"`,
+      $\mathcal N(c\,x, \operatorname{diag}(s^2))$ with $c$ and $s$ per auxiliary variable
+      learned from there.
     - `times`: how the bound draws its times (`"mdm"` only; the others use
       `"antithetic"`): `"antithetic"`, VDM's low-discrepancy uniform times, or
       `"likelihood"`, the same numbers importance-sampled by VP's likelihood weighting on
@@ -104,6 +108,7 @@ class ProcessConfig:
     encoder: str = "conv"
     diffusion: str = "cld"
     num_aux: int = 0
+    aux_init: Literal["fixed", "learned"] = "fixed"
     times: str = "antithetic"
     noise: str = "gaussian"
     noise_shape: float = 0.0

@@ -117,6 +117,9 @@ class ProcessConfig(Protocol):
     def num_aux(self) -> int: ...
 
     @property
+    def aux_init(self) -> str: ...
+
+    @property
     def noise(self) -> str: ...
 
     @property
@@ -277,7 +280,7 @@ def _fixed_mdm(factory: Callable[..., AbstractLinearMDM], num_aux: bool) -> Call
                 "set process.num_aux=0."
             )
         sizes = {"num_aux": cfg.num_aux} if cfg.num_aux else {}
-        return factory(gamma_min=cfg.gamma_min, **sizes)
+        return factory(gamma_min=cfg.gamma_min, learn_aux_init=cfg.aux_init == "learned", **sizes)
 
     return build
 
@@ -286,11 +289,17 @@ MDM_DIFFUSIONS: Mapping[str, Callable[[ProcessConfig, PRNGKeyArray], AbstractLin
     "cld": _fixed_mdm(CLD, num_aux=False),
     "alda": _fixed_mdm(ALDA, num_aux=False),
     "malda": _fixed_mdm(MALDA, num_aux=True),
-    "learned": lambda cfg, key: LearnedMDM(cfg.num_aux or 1, key=key, gamma_min=cfg.gamma_min),
+    "learned": lambda cfg, key: LearnedMDM(
+        cfg.num_aux or 1,
+        key=key,
+        gamma_min=cfg.gamma_min,
+        learn_aux_init=cfg.aux_init == "learned",
+    ),
 }
 """The multivariate diffusions by the names `process.diffusion` takes; `process.num_aux`
-sets K where the family allows it (0: the family's default), and `process.gamma_min` the
-data's negative log-SNR where the bound starts (its t_min)."""
+sets K where the family allows it (0: the family's default), `process.gamma_min` the
+data's negative log-SNR where the bound starts (its t_min), and `process.aux_init` whether
+q(v_0 | x) is the reference's fixed N(0, 0.01 I) or learned."""
 
 
 def _mdm(
@@ -341,7 +350,9 @@ PROCESS_KINDS: Mapping[str, ProcessKind] = {
         _SCHEDULE_OPTIONS | {"latent", "latent_size", "latent_tau", "encoder"},
         tuple(LATENT_SCHEDULES),
     ),
-    "mdm": ProcessKind(_mdm, frozenset({"diffusion", "num_aux", "times", "gamma_min"}), ()),
+    "mdm": ProcessKind(
+        _mdm, frozenset({"diffusion", "num_aux", "times", "gamma_min", "aux_init"}), ()
+    ),
     "ddpm": ProcessKind(
         _ddpm,
         frozenset({"noise", "noise_shape", "betas", "num_steps"}),
