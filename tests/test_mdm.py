@@ -210,9 +210,9 @@ def test_bound_holds_for_the_optimal_score(getkey):
     weights = jnp.exp(log_probs)
     entropy = -weights @ log_probs / (2 * math.log(2))
     processes = (
-        ad.CLD(),
         ad.LearnedMDM(2, key=getkey()),
-        # A learned, x-conditioned q(v_0 | x) away from its initialisation.
+        # CLD with a learned, x-conditioned q(v_0 | x) away from its initialisation (at
+        # its initialisation it is the reference's fixed law: test_decoder_is_the_exact_posterior).
         _with_aux_init(ad.CLD(learn_aux_init=True), 0.5, 0.04),
     )
     for process in processes:

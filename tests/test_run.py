@@ -223,6 +223,17 @@ def test_cli_train_eval_sample(tmp_path, capsys):
     assert "no checkpoints/" in capsys.readouterr().err
     assert train.main(["train", "--config", "nonexistent"]) == 2
     assert "shipped configs" in capsys.readouterr().err
+    # Counts are positive, refused as usage errors (exit 2, no traceback).
+    for args in (
+        ["sample", "--num", "0"],
+        ["sample", "--steps", "-1"],
+        ["eval", "--batch-size", "0"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main([args[0], "--checkpoint", str(workdir), *args[1:]])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "expected a positive integer" in err and "Traceback" not in err, args
 
 
 def test_shipped_configs_load():

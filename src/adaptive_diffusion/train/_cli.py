@@ -216,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
         "noise-prediction MSE (every process); fid, kid, pr: samples against the test split "
         "in the features of a classifier trained on the train split's labels",
     )
-    p.add_argument("--num-examples", type=int, help="test examples (default: all)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-steps", type=int, default=1000, help="steps T of the vlb method")
+    p.add_argument("--num-examples", type=_positive_int, help="test examples (default: all)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument(
+        "--num-steps", type=_positive_int, default=1000, help="steps T of the vlb method"
+    )
     p.add_argument(
         "--dequantization",
         choices=sorted(DEQUANTIZATIONS),
@@ -257,10 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("sample", help="draw samples from a trained model")
     p.add_argument("--checkpoint", required=True, help="the run folder (its --workdir)")
-    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--num", type=_positive_int, default=64, help="samples drawn")
     p.add_argument("--out", default="samples.png", help="the PNG file of the grid")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ancestral")
-    p.add_argument("--steps", type=int, default=1000, help="sampler steps (not for ode)")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="sampler steps (not for ode)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="use the raw weights, not their EMA")
     p.add_argument("--no-progress", action="store_true")
