@@ -11,6 +11,7 @@ from adaptive_diffusion._discrete import from_levels
 from adaptive_diffusion.data import (
     ArraySource,
     CIFAR10Source,
+    DataError,
     DigitsSource,
     ImageFolderSource,
     ImageNet32Source,
@@ -195,8 +196,22 @@ def test_cifar10_errors(cifar_dir):
     with pytest.raises(ValueError, match="test_batch' holds a dict without a b'data' entry"):
         CIFAR10Source(directory, "test")
     (directory / "test_batch").write_bytes(b"not a pickle")
-    with pytest.raises(ValueError, match="test_batch' is not a readable pickle"):
+    with pytest.raises(DataError, match="test_batch' is not a readable pickle"):
         CIFAR10Source(directory, "test")
+
+
+def test_cli_names_a_corrupt_data_file_without_a_traceback(cifar_dir, capsys):
+    # The training command on CIFAR-10 with a corrupt batch: exit 2, the message names the
+    # file and what it should hold, and no traceback is printed.
+    from adaptive_diffusion import train
+
+    directory, _ = cifar_dir
+    (directory / "data_batch_1").write_bytes(b"\x80\x02garbled")
+    args = ["train", "--config", "cifar10", "--set", f"data.path={directory}"]
+    workdir = directory / "run"
+    assert train.main([*args, "--workdir", str(workdir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "data_batch_1' is not a readable pickle" in err and "Traceback" not in err, err
 
 
 def test_imagenet32(imagenet_dir):

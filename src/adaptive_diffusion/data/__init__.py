@@ -1,7 +1,7 @@
 """Input data: image sources (uint8 levels, channels first) and the grain pipeline."""
 
 from ._array import ArraySource as ArraySource
-from ._base import AbstractImageSource as AbstractImageSource
+from ._base import AbstractImageSource as AbstractImageSource, DataError as DataError
 from ._cifar import CIFAR10Source as CIFAR10Source
 from ._digits import DigitsSource as DigitsSource
 from ._folder import ImageFolderSource as ImageFolderSource

@@ -5,7 +5,7 @@ import os
 import numpy as np
 from jaxtyping import Int, UInt8
 
-from ._base import AbstractImageSource, check_file
+from ._base import AbstractImageSource, DataError, check_file
 
 
 class ArraySource(AbstractImageSource):
@@ -28,17 +28,17 @@ class ArraySource(AbstractImageSource):
     def __init__(self, images: np.ndarray, num_levels: int):
         images = np.asarray(images)
         if images.ndim != 4:
-            raise ValueError(
+            raise DataError(
                 f"ArraySource: images have shape {images.shape}; expected 4 axes "
                 "(N, C, H, W), channels first."
             )
         if not np.issubdtype(images.dtype, np.integer):
-            raise ValueError(
+            raise DataError(
                 f"ArraySource: images have dtype {images.dtype}; expected integer levels "
                 f"0 .. {num_levels - 1} (uint8), not values already scaled to [-1, 1]."
             )
         if images.size and (images.min() < 0 or images.max() >= num_levels):
-            raise ValueError(
+            raise DataError(
                 f"ArraySource: images hold values in [{images.min()}, {images.max()}]; "
                 f"expected levels 0 .. {num_levels - 1} for num_levels={num_levels}."
             )
@@ -63,7 +63,7 @@ class ArraySource(AbstractImageSource):
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
                 if key not in loaded.files:
-                    raise ValueError(
+                    raise DataError(
                         f"{os.fspath(path)!r} has entries {loaded.files}; expected {key!r}."
                     )
                 images = loaded[key]
@@ -72,4 +72,4 @@ class ArraySource(AbstractImageSource):
         try:
             return cls(images, num_levels)
         except ValueError as e:
-            raise ValueError(f"{os.fspath(path)!r}: {e}") from None
+            raise DataError(f"{os.fspath(path)!r}: {e}") from None

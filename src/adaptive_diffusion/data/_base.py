@@ -13,6 +13,11 @@ import numpy as np
 from jaxtyping import Int, UInt8
 
 
+class DataError(ValueError):
+    """A data file or array that cannot be used: unreadable, of the wrong format, shape,
+    dtype or range. The message names the file and what it should hold."""
+
+
 class AbstractImageSource(eqx.Module):
     r"""Random-access images `(C, H, W)` of integer levels $0, \dots, L - 1$.
 
@@ -43,14 +48,14 @@ class AbstractImageSource(eqx.Module):
                 f"got {self.num_levels}."
             )
         if len(self.images) == 0:
-            raise ValueError(f"{type(self).__name__}: the source holds no images.")
+            raise DataError(f"{type(self).__name__}: the source holds no images.")
         if self.labels is not None and self.labels.shape != (len(self.images),):
-            raise ValueError(
+            raise DataError(
                 f"{type(self).__name__}: labels have shape {self.labels.shape}; expected "
                 f"({len(self.images)},), one per image."
             )
         if self.num_levels < 256 and int(self.images.max()) >= self.num_levels:
-            raise ValueError(
+            raise DataError(
                 f"{type(self).__name__}: images hold level {int(self.images.max())}, but "
                 f"num_levels={self.num_levels} allows only 0 .. {self.num_levels - 1}."
             )
@@ -83,13 +88,13 @@ def check_flat_layout(
     `"'data' in 'file.npz'"`) are those of uint8 rows of flattened images."""
     size = image_shape[0] * image_shape[1] * image_shape[2]
     if len(shape) != 2 or shape[1] != size:
-        raise ValueError(
+        raise DataError(
             f"{where} has shape {shape}; expected (N, {size}): one row of "
             f"{image_shape[0]} x {image_shape[1]} x {image_shape[2]} channel-first planes "
             "per image."
         )
     if dtype != np.uint8:
-        raise ValueError(f"{where} has dtype {dtype}; expected uint8.")
+        raise DataError(f"{where} has dtype {dtype}; expected uint8.")
 
 
 def flat_to_images(
@@ -98,6 +103,6 @@ def flat_to_images(
     """Check that `data` (the array `where`) is uint8 `(N, C*H*W)` rows of channel-first
     planes, and return it reshaped to `(N, C, H, W)`."""
     if not isinstance(data, np.ndarray):
-        raise ValueError(f"{where} is a {type(data).__name__}; expected a numpy array.")
+        raise DataError(f"{where} is a {type(data).__name__}; expected a numpy array.")
     check_flat_layout(data.shape, data.dtype, where, image_shape)
     return data.reshape((len(data), *image_shape))

@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 from jaxtyping import Int, UInt8
 
-from ._base import AbstractImageSource, check_file, flat_to_images
+from ._base import AbstractImageSource, DataError, check_file, flat_to_images
 
 
 _TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -20,12 +20,12 @@ def _read_batch(path: str) -> UInt8[np.ndarray, "n 3 32 32"]:
         try:
             batch = pickle.load(f, encoding="bytes")
         except Exception as e:
-            raise ValueError(
+            raise DataError(
                 f"{path!r} is not a readable pickle ({type(e).__name__}: {e}); expected a "
                 "CIFAR-10 python batch."
             ) from e
     if not isinstance(batch, dict) or b"data" not in batch:
-        raise ValueError(
+        raise DataError(
             f"{path!r} holds a {type(batch).__name__} without a b'data' entry; expected a "
             "CIFAR-10 python batch: a dict with b'data' (N, 3072) uint8 and b'labels'."
         )

@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Int, UInt8
 from PIL import Image, UnidentifiedImageError
 
-from ._base import AbstractImageSource
+from ._base import AbstractImageSource, DataError
 
 
 _EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -19,7 +19,7 @@ def _read_image(path: pathlib.Path, mode: str) -> UInt8[np.ndarray, "c h w"]:
         with Image.open(path) as image:
             array = np.asarray(image.convert(mode), dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(
+        raise DataError(
             f"{os.fspath(path)!r} could not be read as an image ({e}); expected an "
             "8-bit PNG or JPEG file."
         ) from e
@@ -66,7 +66,7 @@ class ImageFolderSource(AbstractImageSource):
         candidates = root.rglob("*") if recursive else root.iterdir()
         paths = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in _EXTENSIONS)
         if not paths:
-            raise ValueError(
+            raise DataError(
                 f"{os.fspath(root)!r} holds no image files; expected files ending in "
                 f"{', '.join(_EXTENSIONS)} (any case)"
                 + ("." if recursive else ", directly inside it (or pass recursive=True).")
@@ -76,7 +76,7 @@ class ImageFolderSource(AbstractImageSource):
         for path in paths[1:]:
             image = _read_image(path, mode)
             if image.shape != images[0].shape:
-                raise ValueError(
+                raise DataError(
                     f"{os.fspath(path)!r} is {image.shape[2]} x {image.shape[1]} (width x "
                     f"height); expected {images[0].shape[2]} x {images[0].shape[1]} like "
                     f"{os.fspath(paths[0])!r}: all images of a folder must have one size."

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from jaxtyping import Int, UInt8
 
-from ._base import AbstractImageSource, check_file, check_flat_layout, flat_to_images
+from ._base import AbstractImageSource, DataError, check_file, check_flat_layout, flat_to_images
 
 
 _SHAPE = (3, 32, 32)
@@ -23,7 +23,7 @@ def _data_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
         with zipfile.ZipFile(path) as archive:
             if "data.npy" not in archive.namelist():
                 entries = [n.removesuffix(".npy") for n in archive.namelist()]
-                raise ValueError(f"{path!r} has entries {entries}; expected {expected}.")
+                raise DataError(f"{path!r} has entries {entries}; expected {expected}.")
             with archive.open("data.npy") as f:
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
@@ -31,7 +31,7 @@ def _data_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
                 else:
                     shape, _, dtype = np.lib.format.read_array_header_2_0(f)
     except zipfile.BadZipFile as e:
-        raise ValueError(f"{path!r} is not an npz (zip) archive; expected {expected}.") from e
+        raise DataError(f"{path!r} is not an npz (zip) archive; expected {expected}.") from e
     return shape, dtype
 
 

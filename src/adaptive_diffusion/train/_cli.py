@@ -23,6 +23,7 @@ import jax
 
 from .. import metrics
 from .._processes import CapabilityError
+from ..data import DataError
 from ._autoencoder import fit_autoencoder
 from ._checkpoint import Checkpointer, ConfigMismatchError
 from ._config import Config
@@ -359,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ConfigMismatchError,
         ConfigError,
         CapabilityError,
+        DataError,
     ) as error:
         print(f"adaptive-diffusion {args.command}: error: {error}", file=sys.stderr)
         return 2
