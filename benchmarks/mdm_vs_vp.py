@@ -18,7 +18,7 @@ which its decoder of $v_0$ mostly gives back.
     python benchmarks/mdm_vs_vp.py --steps 2000 --seeds 0 --models cld_gamma-9.5 \\
         cld_gamma-5.5 cld_gamma-3.5 --out benchmarks/results/mdm_gamma_sweep.json
     python benchmarks/mdm_vs_vp.py --data digits --steps 2000 --seeds 0 1 2
-    python benchmarks/mdm_vs_vp.py --steps 2000 --seeds 0 1 2 --models cld_auxlearned \
+    python benchmarks/mdm_vs_vp.py --steps 2000 --seeds 0 1 2 --models cld_auxlearned \\
         learned_k1_auxlearned --ode-examples 32 --ode-samples 1 --elbo-repeats 16
 """
 

@@ -93,6 +93,11 @@ def _apply(m: Matrix, u: MState) -> MState:
     return jnp.tensordot(m, u, axes=1)
 
 
+def _outer(coefficients: Float[Array, " k"], x: Data) -> MState:
+    """One coefficient per auxiliary variable times a data-shaped array: `(K, *x.shape)`."""
+    return jnp.tensordot(coefficients, x, axes=0)
+
+
 def _kernel(m: Matrix, gg: Matrix, b: Float[Array, ""]) -> tuple[Matrix, Matrix]:
     r"""$(e^{-bM}, \int_0^b e^{-rM} GG^\top e^{-rM^\top} dr)$ for $b \ge 0$.
 
@@ -270,12 +275,11 @@ class AbstractLinearMDM(AbstractSDEProcess):
         $-\tfrac{D}{2}\sum_k (1 + \log 2\pi s_k^2)$ (the entropy, negated)."""
         coef, var = self.aux_init()
         white = jax.random.normal(key, (self.num_aux, *x.shape), x.dtype)
-        per_variable = (-1, *(1,) * x.ndim)
         # Per data coordinate, sum_k log(2 pi s_k^2) / 2.
         log_norm = 0.5 * jnp.sum(jnp.log(2 * math.pi * var))
         log_q = -0.5 * jnp.sum(white**2) - x.size * log_norm
         expected = -x.size * (0.5 * self.num_aux + log_norm)
-        v0 = coef.reshape(per_variable) * x[None] + jnp.sqrt(var).reshape(per_variable) * white
+        v0 = _outer(coef, x) + _apply(jnp.diag(jnp.sqrt(var)), white)
         u0 = jnp.concatenate([x[None], v0.astype(x.dtype)])
         return InitialState(u0, log_q.astype(x.dtype), expected.astype(x.dtype))
 
@@ -385,7 +389,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         w = spd_inverse(v_cov + jnp.diag(var))
         h = gain - coef
         # mu_v - c mu_x = b + h mu_x: the mean in the form that needs no 1 / C_xx.
-        residual = mean[1:] - coef.reshape(-1, *(1,) * (mean.ndim - 1)) * mean[0][None]
+        residual = mean[1:] - _outer(coef, mean[0])
         precision = 1.0 / cov[0, 0] + h @ w @ h
         x_mean = mean[0] - jnp.tensordot(w @ h, residual, axes=1) / precision
         return _Decoder(x_mean, jax.lax.rsqrt(precision), mean, gain, v_cov, w, coef, var)
@@ -407,11 +411,9 @@ class AbstractLinearMDM(AbstractSDEProcess):
         d = self._decoder(u)
         x, v = u0[0], u0[1:]
         x_nll = discretized_gaussian_nll(x, d.x_mean, d.x_std, num_levels)
-        per_variable = (-1, *(1,) * x.ndim)
-        v_mean = d.mean[1:] + d.gain.reshape(per_variable) * (x - d.mean[0])[None]
+        v_mean = d.mean[1:] + _outer(d.gain, x - d.mean[0])
         shrink = d.var[:, None] * d.w
-        conditioned = d.coef.reshape(per_variable) * x[None]
-        post_mean = _apply(shrink, v_mean) + _apply(d.v_cov @ d.w, conditioned)
+        post_mean = _apply(shrink, v_mean) + _apply(d.v_cov @ d.w, _outer(d.coef, x))
         post_cov = d.v_cov @ shrink.T
         chol = cholesky(0.5 * (post_cov + post_cov.T))
         white = _apply(triangular_inverse(chol), v - post_mean)

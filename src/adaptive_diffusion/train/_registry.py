@@ -9,7 +9,7 @@ an error naming it, raised when the config is made.
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from jaxtyping import Array, PRNGKeyArray
 
@@ -272,6 +272,11 @@ def _mulan(cfg: ProcessConfig, shape: tuple[int, ...], key_schedule, key_encoder
     )
 
 
+def _mdm_options(cfg: ProcessConfig) -> dict[str, Any]:
+    """The keyword arguments every MDM family takes from the config."""
+    return {"gamma_min": cfg.gamma_min, "learn_aux_init": cfg.aux_init == "learned"}
+
+
 def _fixed_mdm(factory: Callable[..., AbstractLinearMDM], num_aux: bool) -> Callable:
     def build(cfg: ProcessConfig, key: PRNGKeyArray) -> AbstractLinearMDM:
         if cfg.num_aux and not num_aux:
@@ -280,7 +285,7 @@ def _fixed_mdm(factory: Callable[..., AbstractLinearMDM], num_aux: bool) -> Call
                 "set process.num_aux=0."
             )
         sizes = {"num_aux": cfg.num_aux} if cfg.num_aux else {}
-        return factory(gamma_min=cfg.gamma_min, learn_aux_init=cfg.aux_init == "learned", **sizes)
+        return factory(**_mdm_options(cfg), **sizes)
 
     return build
 
@@ -289,12 +294,7 @@ MDM_DIFFUSIONS: Mapping[str, Callable[[ProcessConfig, PRNGKeyArray], AbstractLin
     "cld": _fixed_mdm(CLD, num_aux=False),
     "alda": _fixed_mdm(ALDA, num_aux=False),
     "malda": _fixed_mdm(MALDA, num_aux=True),
-    "learned": lambda cfg, key: LearnedMDM(
-        cfg.num_aux or 1,
-        key=key,
-        gamma_min=cfg.gamma_min,
-        learn_aux_init=cfg.aux_init == "learned",
-    ),
+    "learned": lambda cfg, key: LearnedMDM(cfg.num_aux or 1, key=key, **_mdm_options(cfg)),
 }
 """The multivariate diffusions by the names `process.diffusion` takes; `process.num_aux`
 sets K where the family allows it (0: the family's default), `process.gamma_min` the
