@@ -73,6 +73,11 @@ def run_one(overrides, data, model_name, seed, args, workdir):
     count = min(args.eval_examples, len(test))
     xs = jnp.asarray(levels_to_centres(test[np.arange(count)], test.num_levels))
     terms = eqx.filter_jit(lambda m, xs, k: m.nelbo(xs, key=k))(model, xs, key)
+    # Where the bound starts (learned or not): its first time and the data's mean negative
+    # log-SNR there.
+    process = model.process
+    start_state = process.initial_state(key, xs[0]).state
+    gamma_start = jnp.mean(process.gamma(start_state, process.t_min))
     start = time.perf_counter()
     ode = evaluate(
         model,
@@ -95,6 +100,8 @@ def run_one(overrides, data, model_name, seed, args, workdir):
         "elbo_examples": len(elbo.values),
         "elbo_repeats": args.elbo_repeats,
         "auxiliary": float(jnp.mean(terms.auxiliary)),
+        "t_min": float(process.t_min),
+        "gamma_start": float(gamma_start),
         "ode": ode.mean,
         "ode_se": ode.stderr,
         "ode_examples": len(ode.values),
@@ -132,6 +139,7 @@ def summarise(rows):
         print(
             f"  {r['data']:8s} {r['model']:14s} seed {r['seed']}: ELBO {r['elbo']:.4f} "
             f"(se {r['elbo_se']:.4f}), ODE {r['ode']:.4f} (se {r['ode_se']:.4f})"
+            + (f", starts at gamma {r['gamma_start']:.2f}" if "gamma_start" in r else "")
         )
 
 

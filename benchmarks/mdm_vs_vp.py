@@ -46,6 +46,9 @@ was still falling there (3.86 at -0.5)."""
 
 GAMMA_GRID = (-9.5, -7.5, -5.5, -4.5, -3.5, -2.5, -1.5, -0.5)
 
+TLEARNED_START = -5.5
+"""Where a learned start (`<family>_tlearned`) begins: one `gamma_min` for every family."""
+
 MODELS = {
     "vp": ["process.kind=vp", "process.schedule=learned"],
     **{
@@ -65,6 +68,27 @@ MODELS = {
             *overrides,
             f"process.gamma_min={FAMILY_GAMMA_MIN[name]}",
             "process.aux_init=learned",
+        ]
+        for name, overrides in _FAMILIES.items()
+    },
+    # Where the bound starts learned (`process.endpoints=learned`, the counterpart of VP's
+    # learned endpoints) from one common gamma_min, or from g, in place of the sweep.
+    **{
+        f"{name}_tlearned{g}": [
+            *_MDM,
+            *overrides,
+            f"process.gamma_min={g}",
+            "process.endpoints=learned",
+        ]
+        for name, overrides in _FAMILIES.items()
+        for g in GAMMA_GRID
+    },
+    **{
+        f"{name}_tlearned": [
+            *_MDM,
+            *overrides,
+            f"process.gamma_min={TLEARNED_START}",
+            "process.endpoints=learned",
         ]
         for name, overrides in _FAMILIES.items()
     },

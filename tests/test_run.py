@@ -485,6 +485,15 @@ def test_mdm_configs_build_every_diffusion():
         np.testing.assert_allclose(var, 0.01, rtol=1e-6)
         params = eqx.filter(learned, ad.trainable(learned))
         assert params.aux_params is not None, overrides
+    # So is where the bound starts with `endpoints=learned`, from gamma_min's t_min.
+    for diffusion in ("cld", "learned"):
+        learned = build(f"process.diffusion={diffusion}", "process.endpoints=learned").process
+        params = eqx.filter(learned, ad.trainable(learned))
+        assert params.time_logit is not None and model.process.time_logit is None, diffusion
+        np.testing.assert_allclose(learned.t_min, learned.time_min, rtol=1e-6)
+        if diffusion == "cld":
+            start = learned.gamma(jnp.zeros((2, 1, 8, 8)), learned.t_min)
+            np.testing.assert_allclose(start, -4.5, atol=1e-4)
     # The shipped config importance-samples its times on the process's own beta.
     assert base.process.times == "likelihood"
     alda = build("process.diffusion=alda")

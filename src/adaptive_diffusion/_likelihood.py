@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._custom_types import Data, Noise, State, Time
+from ._custom_types import Data, Noise, Scalar, State, Time
 from ._discrete import check_discrete_eagerly, to_levels
 from ._losses import NELBO, assemble_nelbo, auxiliary_key, endpoint_terms, unit_to_time
 from ._parameterizations import AbstractParameterization, as_parameterization, as_score
@@ -239,7 +239,9 @@ class ODESolve(eqx.Module):
     dt0: float | None = None
     max_steps: int = 16_384
 
-    def __call__(self, vector_field: Callable, y0, t0: float, t1: float, args) -> diffrax.Solution:
+    def __call__(
+        self, vector_field: Callable, y0, t0: float | Scalar, t1: float | Scalar, args
+    ) -> diffrax.Solution:
         """Solve from `t0` to `t1` (either direction), saving the end point only. Failures
         (`max_steps` reached, a step size underflow) are in the solution's `result`, not
         raised: no host callback inside the solve."""
@@ -313,8 +315,8 @@ class ODELikelihood(eqx.Module):
         u0: State,
         *,
         key: PRNGKeyArray,
-        t0: float = 0.0,
-        t1: float = 1.0,
+        t0: float | Scalar = 0.0,
+        t1: float | Scalar = 1.0,
     ) -> LikelihoodResult:
         """$\\log p_{t_0}(u_0)$; arguments as `ode_log_likelihood`."""
         score = as_score(score_fn)
@@ -367,8 +369,8 @@ def ode_log_likelihood(
     adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
     dt0: float | None = None,
     max_steps: int = 16_384,
-    t0: float = 0.0,
-    t1: float = 1.0,
+    t0: float | Scalar = 0.0,
+    t1: float | Scalar = 1.0,
 ) -> LikelihoodResult:
     r"""$\log p_{t_0}(u_0)$ in nats by solving the probability-flow ODE from $t_0$ to $t_1$.
 

@@ -276,7 +276,8 @@ class LikelihoodWeightedTimes(AbstractContinuousTimeSampler):
         self, process: AbstractLinearProcess, u0: State, uniform: Time
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         t_min = process.t_min
-        if t_min <= 0.0:
+        # A learned t_min (an array, maybe traced) is a sigmoid: positive by construction.
+        if not isinstance(t_min, jax.Array) and t_min <= 0.0:
             raise ValueError(
                 f"LikelihoodWeightedTimes needs a process with t_min > 0 (its density grows as "
                 f"1/t at 0); {type(process).__name__} has t_min = {t_min}."

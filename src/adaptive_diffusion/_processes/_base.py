@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from .._custom_types import Data, Gamma, Noise, State, Time
+from .._custom_types import Data, Gamma, Noise, Scalar, State, Time
 
 
 class InitialState(eqx.Module):
@@ -71,11 +71,12 @@ class AbstractProcess(eqx.Module):
 
     @property
     @abc.abstractmethod
-    def t_min(self) -> float:
+    def t_min(self) -> float | Scalar:
         r"""The first time at which the marginal $q(u_t \mid x)$ is non-degenerate: the
         reconstruction term, the process dequantisation and the samplers end here, and
         the diffusion term runs over $[t_{\min}, 1]$. Zero unless the marginal at
-        $t = 0$ is singular (CLD's is, in the data block)."""
+        $t = 0$ is singular (CLD's is, in the data block). A number, or a scalar array
+        where it is learned (an MDM's `learn_time_min`)."""
 
     @abc.abstractmethod
     def initial_state(self, key: PRNGKeyArray, x: Data) -> InitialState:

@@ -81,7 +81,7 @@ class LatentDiffusion(AbstractLinearProcess):
         return codec.decode(z * codec.latent_scale)
 
     @property
-    def t_min(self) -> float:
+    def t_min(self) -> float | Float[Array, ""]:
         return self.process.t_min
 
     def initial_state(self, key: PRNGKeyArray, x: Data) -> InitialState:

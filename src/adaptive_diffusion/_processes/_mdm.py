@@ -201,6 +201,14 @@ class _Decoder(NamedTuple):
     var: Array
 
 
+def _time_logit(time_min: float, learn: bool) -> Array | None:
+    r"""The learned $\operatorname{logit} t_{\min}$, starting at `time_min`; `None` when
+    $t_{\min}$ stays fixed."""
+    if not learn:
+        return None
+    return jnp.asarray(math.log(time_min) - math.log1p(-time_min), dtype=float)
+
+
 def _aux_init_params(num_aux: int, aux_variance: float, learn: bool) -> Array | None:
     r"""The learned $(c, \log s^2)$ of $q(v_0 \mid x)$, starting at the fixed law
     $(0, s^2)$; `None` when it stays fixed."""
@@ -213,7 +221,11 @@ class AbstractLinearMDM(AbstractSDEProcess):
     r"""A linear MDM with $\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})$, the
     prior $\mathcal N(0, I)$ and $q(v_0 \mid x) = \mathcal N(c\,x, \operatorname{diag}(s^2))$
     per auxiliary variable (`aux_init`): $(0, s^2)$ fixed, the reference's, unless
-    `aux_params` holds the learned $(c, \log s^2)$.
+    `aux_params` holds the learned $(c, \log s^2)$. The bound starts at $t_{\min}$
+    (`t_min`): `time_min`, fixed, unless `time_logit` holds the learned
+    $\operatorname{logit} t_{\min}$ (VDM's learned $\gamma_{\min}$ in this family's terms:
+    the bound's Monte Carlo times are $t_{\min} + (1 - t_{\min})\,v$, so its estimate is
+    differentiable in $t_{\min}$ and unbiased for the derivative of the bound).
 
     Subclasses give the matrices (`matrices`) and the fields below.
     """
@@ -223,6 +235,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
     aux_variance: eqx.AbstractVar[float]
     aux_params: eqx.AbstractVar[Float[Array, "2 k"] | None]
     time_min: eqx.AbstractVar[float]
+    time_logit: eqx.AbstractVar[Float[Array, ""] | None]
 
     @abc.abstractmethod
     def matrices(self) -> tuple[Matrix, Matrix]:
@@ -234,8 +247,10 @@ class AbstractLinearMDM(AbstractSDEProcess):
         return self.matrices()[0].shape[0] - 1
 
     @property
-    def t_min(self) -> float:
-        return self.time_min
+    def t_min(self) -> float | Float[Array, ""]:
+        if self.time_logit is None:
+            return self.time_min
+        return jax.nn.sigmoid(self.time_logit)
 
     def beta(self, t: Time) -> Float[Array, ""]:
         return linear_beta(self.beta_min, self.beta_max, t)
@@ -526,7 +541,7 @@ class LinearMDM(AbstractLinearMDM):
     from $(0, s^2)$ (the matrices stay fixed); and where the bound and the samplers stop:
     `time_min` $t_{\min}$ (the reference's $10^{-3}$, the default), or `gamma_min`, the
     data coordinate's negative log-SNR there (see the module's docstring; VDM's $-13.3$
-    for 256 levels).
+    for 256 levels); `learn_time_min`: learn $t_{\min}$ from there.
     """
 
     q: tuple[tuple[float, ...], ...] = eqx.field(static=True)
@@ -536,6 +551,7 @@ class LinearMDM(AbstractLinearMDM):
     aux_variance: float = eqx.field(static=True)
     aux_params: Float[Array, "2 k"] | None
     time_min: float = eqx.field(static=True)
+    time_logit: Float[Array, ""] | None
 
     def __init__(
         self,
@@ -548,6 +564,7 @@ class LinearMDM(AbstractLinearMDM):
         learn_aux_init: bool = False,
         time_min: float | None = None,
         gamma_min: float | None = None,
+        learn_time_min: bool = False,
     ):
         q, d = np.asarray(q, np.float64), np.asarray(d, np.float64)
         if q.ndim != 2 or q.shape != d.shape or q.shape[0] != q.shape[1]:
@@ -563,6 +580,7 @@ class LinearMDM(AbstractLinearMDM):
         self.aux_variance = aux_variance
         self.aux_params = _aux_init_params(q.shape[0] - 1, aux_variance, learn_aux_init)
         self.time_min = _resolve_time_min(q, d, beta_min, beta_max, time_min, gamma_min)
+        self.time_logit = _time_logit(self.time_min, learn_time_min)
 
     def matrices(self) -> tuple[Matrix, Matrix]:
         return jnp.asarray(self.q), jnp.asarray(self.d)
@@ -611,9 +629,10 @@ class LearnedMDM(AbstractLinearMDM):
     and none of its configs uses it.)
 
     **Arguments:** `num_aux` $K$, `key`, `full_d`, `eps` ($10^{-3}$), and `beta_min`,
-    `beta_max`, `aux_variance`, `learn_aux_init`, `time_min`, `gamma_min` as `LinearMDM`
-    (`gamma_min` is solved for the initial matrices without their random part, $Q = 0$
-    and $D = (\log 2 + \epsilon) I$, and the $t_{\min}$ stays fixed as they are learned).
+    `beta_max`, `aux_variance`, `learn_aux_init`, `time_min`, `gamma_min`, `learn_time_min`
+    as `LinearMDM` (`gamma_min` is solved for the initial matrices without their random
+    part, $Q = 0$ and $D = (\log 2 + \epsilon) I$, and the $t_{\min}$ stays fixed as they
+    are learned unless `learn_time_min`).
     At initialisation the gap
     $\mathrm{KL}(q(u_1 \mid u_0) \Vert \mathcal N(0, I))$ is $1.4 \cdot 10^{-3}$ nats per
     unit-scale data coordinate with a diagonal $D$ ($K = 1$, 2), $2.3 \cdot 10^{-3}$ with a
@@ -629,6 +648,7 @@ class LearnedMDM(AbstractLinearMDM):
     aux_variance: float = eqx.field(static=True)
     aux_params: Float[Array, "2 k"] | None
     time_min: float = eqx.field(static=True)
+    time_logit: Float[Array, ""] | None
 
     def __init__(
         self,
@@ -643,6 +663,7 @@ class LearnedMDM(AbstractLinearMDM):
         learn_aux_init: bool = False,
         time_min: float | None = None,
         gamma_min: float | None = None,
+        learn_time_min: bool = False,
     ):
         if num_aux < 1:
             raise ValueError(f"LearnedMDM needs num_aux >= 1, got {num_aux}.")
@@ -661,6 +682,7 @@ class LearnedMDM(AbstractLinearMDM):
         self.time_min = _resolve_time_min(
             np.zeros((n, n)), mean_d, beta_min, beta_max, time_min, gamma_min
         )
+        self.time_logit = _time_logit(self.time_min, learn_time_min)
 
     def matrices(self) -> tuple[Matrix, Matrix]:
         n = self.g.shape[0]

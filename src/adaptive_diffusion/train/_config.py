@@ -50,7 +50,9 @@ class ProcessConfig:
       `gamma_min`, `gamma_max`); `"default"` keeps each family's own choice: VDM's
       `"learned"` schedule learns them, `"linear"` and `"cosine"` fix them, and MuLAN's
       network schedules fix them, as its reference does (learning them is a departure,
-      see `ad.PolynomialScheduleNetwork`). `"vp"`, `"nonisotropic"` and `"mulan"`.
+      see `ad.PolynomialScheduleNetwork`). For `"mdm"`, `"learned"` learns the
+      $t_{\min}$ where the bound starts, from `gamma_min`'s (the data-side endpoint; the
+      default fixes it).
     - `parameterization`: what the network predicts: `"eps"` (the noise), `"x"` (the
       data) or `"v"` (the velocity).
     - `power`: the GFF's spectral power $p$, $s(k) \propto \lvert k\rvert^{-2p}$

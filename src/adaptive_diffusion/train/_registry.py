@@ -274,7 +274,11 @@ def _mulan(cfg: ProcessConfig, shape: tuple[int, ...], key_schedule, key_encoder
 
 def _mdm_options(cfg: ProcessConfig) -> dict[str, Any]:
     """The keyword arguments every MDM family takes from the config."""
-    return {"gamma_min": cfg.gamma_min, "learn_aux_init": cfg.aux_init == "learned"}
+    return {
+        "gamma_min": cfg.gamma_min,
+        "learn_aux_init": cfg.aux_init == "learned",
+        "learn_time_min": cfg.endpoints == "learned",
+    }
 
 
 def _fixed_mdm(factory: Callable[..., AbstractLinearMDM], num_aux: bool) -> Callable:
@@ -298,7 +302,8 @@ MDM_DIFFUSIONS: Mapping[str, Callable[[ProcessConfig, PRNGKeyArray], AbstractLin
 }
 """The multivariate diffusions by the names `process.diffusion` takes; `process.num_aux`
 sets K where the family allows it (0: the family's default), `process.gamma_min` the
-data's negative log-SNR where the bound starts (its t_min), and `process.aux_init` whether
+data's negative log-SNR where the bound starts (its t_min), `process.endpoints=learned`
+learns that t_min from there, and `process.aux_init` whether
 q(v_0 | x) is the reference's fixed N(0, 0.01 I) or learned."""
 
 
@@ -351,7 +356,9 @@ PROCESS_KINDS: Mapping[str, ProcessKind] = {
         tuple(LATENT_SCHEDULES),
     ),
     "mdm": ProcessKind(
-        _mdm, frozenset({"diffusion", "num_aux", "times", "gamma_min", "aux_init"}), ()
+        _mdm,
+        frozenset({"diffusion", "num_aux", "times", "gamma_min", "endpoints", "aux_init"}),
+        (),
     ),
     "ddpm": ProcessKind(
         _ddpm,
