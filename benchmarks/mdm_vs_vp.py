@@ -49,49 +49,33 @@ GAMMA_GRID = (-9.5, -7.5, -5.5, -4.5, -3.5, -2.5, -1.5, -0.5)
 TLEARNED_START = -5.5
 """Where a learned start (`<family>_tlearned`) begins: one `gamma_min` for every family."""
 
+
+def _mdm(family: str, gamma_min: float, *extra: str) -> list[str]:
+    """The overrides of one MDM model: `family`'s diffusion, its bound starting at
+    `gamma_min`, and `extra` options."""
+    return [*_MDM, *_FAMILIES[family], f"process.gamma_min={gamma_min}", *extra]
+
+
+_LEARNED_START = "process.endpoints=learned"
+
 MODELS = {
     "vp": ["process.kind=vp", "process.schedule=learned"],
-    **{
-        name: [*_MDM, *overrides, f"process.gamma_min={FAMILY_GAMMA_MIN[name]}"]
-        for name, overrides in _FAMILIES.items()
-    },
-    **{
-        f"{name}_gamma{g}": [*_MDM, *overrides, f"process.gamma_min={g}"]
-        for name, overrides in _FAMILIES.items()
-        for g in GAMMA_GRID
-    },
+    **{name: _mdm(name, FAMILY_GAMMA_MIN[name]) for name in _FAMILIES},
+    **{f"{name}_gamma{g}": _mdm(name, g) for name in _FAMILIES for g in GAMMA_GRID},
     # The same with q(v_0 | x) learned and x-conditioned (`process.aux_init=learned`) in
     # place of the reference's fixed N(0, 0.01 I).
     **{
-        f"{name}_auxlearned": [
-            *_MDM,
-            *overrides,
-            f"process.gamma_min={FAMILY_GAMMA_MIN[name]}",
-            "process.aux_init=learned",
-        ]
-        for name, overrides in _FAMILIES.items()
+        f"{name}_auxlearned": _mdm(name, FAMILY_GAMMA_MIN[name], "process.aux_init=learned")
+        for name in _FAMILIES
     },
     # Where the bound starts learned (`process.endpoints=learned`, the counterpart of VP's
     # learned endpoints) from one common gamma_min, or from g, in place of the sweep.
     **{
-        f"{name}_tlearned{g}": [
-            *_MDM,
-            *overrides,
-            f"process.gamma_min={g}",
-            "process.endpoints=learned",
-        ]
-        for name, overrides in _FAMILIES.items()
+        f"{name}_tlearned{g}": _mdm(name, g, _LEARNED_START)
+        for name in _FAMILIES
         for g in GAMMA_GRID
     },
-    **{
-        f"{name}_tlearned": [
-            *_MDM,
-            *overrides,
-            f"process.gamma_min={TLEARNED_START}",
-            "process.endpoints=learned",
-        ]
-        for name, overrides in _FAMILIES.items()
-    },
+    **{f"{name}_tlearned": _mdm(name, TLEARNED_START, _LEARNED_START) for name in _FAMILIES},
 }
 DATA = {
     "digits": [],

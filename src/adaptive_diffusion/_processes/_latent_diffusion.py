@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from .._custom_types import Data, Gamma, Noise, State, Time
+from .._custom_types import Data, Gamma, Noise, Scalar, State, Time
 from .._discrete import to_levels
 from .._frozen import Frozen
 from ._base import AbstractLinearProcess, InitialState
@@ -81,7 +81,7 @@ class LatentDiffusion(AbstractLinearProcess):
         return codec.decode(z * codec.latent_scale)
 
     @property
-    def t_min(self) -> float | Float[Array, ""]:
+    def t_min(self) -> float | Scalar:
         return self.process.t_min
 
     def initial_state(self, key: PRNGKeyArray, x: Data) -> InitialState:

@@ -69,7 +69,7 @@ import numpy as np
 import scipy.linalg
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._custom_types import Data, Gamma, Time
+from .._custom_types import Data, Gamma, Scalar, Time
 from .._discrete import discretized_gaussian_nll, to_levels
 from .._schedules import linear_beta, linear_beta_integral
 from ._base import AbstractSDEProcess, InitialState
@@ -247,7 +247,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         return self.matrices()[0].shape[0] - 1
 
     @property
-    def t_min(self) -> float | Float[Array, ""]:
+    def t_min(self) -> float | Scalar:
         if self.time_logit is None:
             return self.time_min
         return jax.nn.sigmoid(self.time_logit)
