@@ -390,3 +390,52 @@ def test_small_cholesky_of_a_singular_psd_matrix():
     chol = small_linalg.cholesky(m)
     np.testing.assert_allclose(chol @ chol.T, m, atol=1e-6)
     assert np.all(np.isfinite(chol)) and np.all(chol[:, 0] == 0.0)
+
+
+@pytest.mark.parametrize("name", ["CLD", "learned-diag", "CLD-aux"])
+@pytest.mark.parametrize("t", [0.05, 0.4])
+def test_gaussian_eps_is_the_regression_of_the_noise_on_the_state(name, t):
+    """`gaussian_eps` against an independent estimate of E[eps | u_t] for data N(0, 0.3):
+    the least-squares regression of eps on u_t over 400,000 draws of (x, v_0, eps) through
+    `perturb` (the conditional mean of jointly Gaussian variables is that linear map).
+    The regression's relative error is O(N^-1/2 cond) ~ 1e-2 at these times, hence the
+    tolerance; a wrong Cov(u_0) (the data variance or q(v_0 | x) left out) misses by far
+    more."""
+    var = 0.3
+    if name == "CLD-aux":
+        process = ad.CLD(learn_aux_init=True, mixed_score=var)
+        process = eqx.tree_at(lambda p: p.aux_params, process, jnp.array([[0.5], [-3.0]]))
+    elif name == "CLD":
+        process = ad.CLD(mixed_score=var)
+    else:
+        process = ad.LearnedMDM(2, key=jax.random.key(0), mixed_score=var)
+    k = process.num_aux + 1
+    key_x, key_v, key_e = jax.random.split(jax.random.key(0), 3)
+    n = 400_000
+    x = math.sqrt(var) * jax.random.normal(key_x, (n,))
+    u0 = process.initial_state(key_v, x).state
+    eps = jax.random.normal(key_e, (k, n))
+    u = process.perturb(u0, t, eps)
+    u64, eps64 = np.asarray(u, np.float64), np.asarray(eps, np.float64)
+    regression = (eps64 @ u64.T) @ np.linalg.inv(u64 @ u64.T)
+    exact = np.asarray(process.gaussian_eps(jnp.eye(k), t), np.float64)
+    np.testing.assert_allclose(exact, regression, atol=2e-2 * np.abs(regression).max())
+    # The model of a network that outputs zero is that denoiser.
+    model = process.denoiser(lambda h, t: jnp.zeros_like(h))
+    np.testing.assert_allclose(model(u[:, :5], t), process.gaussian_eps(u[:, :5], t), atol=1e-6)
+
+
+def test_mixed_score_from_the_config_and_refused_where_it_is_wrong():
+    from adaptive_diffusion.train import ProcessConfig
+    from adaptive_diffusion.train._registry import build_process
+
+    process = build_process(
+        ProcessConfig(kind="mdm", mixed_score=0.4), (1, 4, 4), jax.random.key(0), jax.random.key(1)
+    )
+    assert process.mixed_score == 0.4
+    with pytest.raises(ValueError, match="mixed_score"):
+        ad.CLD(mixed_score=-1.0)
+    with pytest.raises(ValueError, match="mixed_score"):
+        ProcessConfig(kind="vp", mixed_score=0.4)
+    with pytest.raises(ValueError, match="mixed_score"):
+        ad.CLD().gaussian_eps(jnp.zeros((2, 3)), 0.5)

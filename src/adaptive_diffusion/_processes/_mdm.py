@@ -217,6 +217,12 @@ def _aux_init_params(num_aux: int, aux_variance: float, learn: bool) -> Array | 
     return jnp.stack([jnp.zeros(num_aux), jnp.full(num_aux, math.log(aux_variance))])
 
 
+def _check_mixed_score(variance: float | None) -> float | None:
+    if variance is not None and not variance > 0:
+        raise ValueError(f"mixed_score is the data's variance, > 0 (or None); got {variance}.")
+    return variance
+
+
 class AbstractLinearMDM(AbstractSDEProcess):
     r"""A linear MDM with $\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})$, the
     prior $\mathcal N(0, I)$ and $q(v_0 \mid x) = \mathcal N(c\,x, \operatorname{diag}(s^2))$
@@ -236,6 +242,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
     aux_params: eqx.AbstractVar[Float[Array, "2 k"] | None]
     time_min: eqx.AbstractVar[float]
     time_logit: eqx.AbstractVar[Float[Array, ""] | None]
+    mixed_score: eqx.AbstractVar[float | None]
 
     @abc.abstractmethod
     def matrices(self) -> tuple[Matrix, Matrix]:
@@ -325,7 +332,27 @@ class AbstractLinearMDM(AbstractSDEProcess):
         return ((self.num_aux + 1) * data_shape[0], *data_shape[1:]), 0
 
     def denoiser(self, net: Callable[..., Array]) -> Callable[[MState, Time], MState]:
-        return StackedDenoiser(net)
+        """`StackedDenoiser(net)`; with `mixed_score`, the network predicts the residual
+        from `gaussian_eps`."""
+        if self.mixed_score is None:
+            return StackedDenoiser(net)
+        return StackedDenoiser(net, self)
+
+    def gaussian_eps(self, u: MState, t: Time) -> MState:
+        r"""The exact $\mathbb E[\varepsilon \mid u_t]$ when every data coordinate is
+        $\mathcal N(0, \sigma^2)$, $\sigma^2$ = `mixed_score`:
+        $L_t^\top \operatorname{Cov}(u_t)^{-1} u_t$, with
+        $\operatorname{Cov}(u_t) = A_t C_0 A_t^\top + \Sigma_t$ and $C_0$ the covariance of
+        $u_0 = (x, v_0)$, $\sigma^2 m m^\top + \operatorname{diag}(0, s^2)$, $m = (1, c)$
+        (`aux_init`). A $(K{+}1) \times (K{+}1)$ gain on every coordinate, unitless."""
+        if self.mixed_score is None:
+            raise ValueError("gaussian_eps needs mixed_score, the data variance it assumes.")
+        a, sigma = self.transition(t)
+        coef, var = self.aux_init()
+        m = jnp.concatenate([jnp.ones(1, coef.dtype), coef])
+        c0 = self.mixed_score * jnp.outer(m, m) + jnp.diag(jnp.concatenate([jnp.zeros(1), var]))
+        gain = cholesky(sigma).T @ spd_inverse(a @ c0 @ a.T + sigma)
+        return _apply(gain, u)
 
     # The marginal and its conversions.
 
@@ -522,13 +549,18 @@ class AbstractLinearMDM(AbstractSDEProcess):
 
 class StackedDenoiser(eqx.Module):
     """An array network as an MDM's `model(u_t, t)`: the `(K + 1, C, ...)` state enters
-    as `(K + 1) C` channels and the output is read back in the state's shape."""
+    as `(K + 1) C` channels and the output is read back in the state's shape, added to
+    `process.gaussian_eps(u_t, t)` when a process is given (the mixed score of Dockhorn
+    et al. 2022: the network learns what the data add to a Gaussian's denoiser)."""
 
     net: Callable[..., Array]
+    process: "AbstractLinearMDM | None" = None
 
     def __call__(self, u: MState, t: Time) -> MState:
-        out = self.net(u.reshape(-1, *u.shape[2:]), t)
-        return out.reshape(u.shape)
+        out = self.net(u.reshape(-1, *u.shape[2:]), t).reshape(u.shape)
+        if self.process is None:
+            return out
+        return out + self.process.gaussian_eps(u, t)
 
 
 class LinearMDM(AbstractLinearMDM):
@@ -541,7 +573,10 @@ class LinearMDM(AbstractLinearMDM):
     from $(0, s^2)$ (the matrices stay fixed); and where the bound and the samplers stop:
     `time_min` $t_{\min}$ (the reference's $10^{-3}$, the default), or `gamma_min`, the
     data coordinate's negative log-SNR there (see the module's docstring; VDM's $-13.3$
-    for 256 levels); `learn_time_min`: learn $t_{\min}$ from there.
+    for 256 levels); `learn_time_min`: learn $t_{\min}$ from there; `mixed_score`: a
+    data variance $\sigma^2$, whose Gaussian's exact denoiser (`gaussian_eps`) the
+    network's output is added to (`None`, the default: the network predicts
+    $\varepsilon$ alone).
     """
 
     q: tuple[tuple[float, ...], ...] = eqx.field(static=True)
@@ -552,6 +587,7 @@ class LinearMDM(AbstractLinearMDM):
     aux_params: Float[Array, "2 k"] | None
     time_min: float = eqx.field(static=True)
     time_logit: Float[Array, ""] | None
+    mixed_score: float | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -565,6 +601,7 @@ class LinearMDM(AbstractLinearMDM):
         time_min: float | None = None,
         gamma_min: float | None = None,
         learn_time_min: bool = False,
+        mixed_score: float | None = None,
     ):
         q, d = np.asarray(q, np.float64), np.asarray(d, np.float64)
         if q.ndim != 2 or q.shape != d.shape or q.shape[0] != q.shape[1]:
@@ -581,6 +618,7 @@ class LinearMDM(AbstractLinearMDM):
         self.aux_params = _aux_init_params(q.shape[0] - 1, aux_variance, learn_aux_init)
         self.time_min = _resolve_time_min(q, d, beta_min, beta_max, time_min, gamma_min)
         self.time_logit = _time_logit(self.time_min, learn_time_min)
+        self.mixed_score = _check_mixed_score(mixed_score)
 
     def matrices(self) -> tuple[Matrix, Matrix]:
         return jnp.asarray(self.q), jnp.asarray(self.d)
@@ -629,10 +667,10 @@ class LearnedMDM(AbstractLinearMDM):
     and none of its configs uses it.)
 
     **Arguments:** `num_aux` $K$, `key`, `full_d`, `eps` ($10^{-3}$), and `beta_min`,
-    `beta_max`, `aux_variance`, `learn_aux_init`, `time_min`, `gamma_min`, `learn_time_min`
-    as `LinearMDM` (`gamma_min` is solved for the initial matrices without their random
-    part, $Q = 0$ and $D = (\log 2 + \epsilon) I$, and the $t_{\min}$ stays fixed as they
-    are learned unless `learn_time_min`).
+    `beta_max`, `aux_variance`, `learn_aux_init`, `time_min`, `gamma_min`, `learn_time_min`,
+    `mixed_score` as `LinearMDM` (`gamma_min` is solved for the initial matrices without
+    their random part, $Q = 0$ and $D = (\log 2 + \epsilon) I$, and the $t_{\min}$ stays
+    fixed as they are learned unless `learn_time_min`).
     At initialisation the gap
     $\mathrm{KL}(q(u_1 \mid u_0) \Vert \mathcal N(0, I))$ is $1.4 \cdot 10^{-3}$ nats per
     unit-scale data coordinate with a diagonal $D$ ($K = 1$, 2), $2.3 \cdot 10^{-3}$ with a
@@ -649,6 +687,7 @@ class LearnedMDM(AbstractLinearMDM):
     aux_params: Float[Array, "2 k"] | None
     time_min: float = eqx.field(static=True)
     time_logit: Float[Array, ""] | None
+    mixed_score: float | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -664,6 +703,7 @@ class LearnedMDM(AbstractLinearMDM):
         time_min: float | None = None,
         gamma_min: float | None = None,
         learn_time_min: bool = False,
+        mixed_score: float | None = None,
     ):
         if num_aux < 1:
             raise ValueError(f"LearnedMDM needs num_aux >= 1, got {num_aux}.")
@@ -683,6 +723,7 @@ class LearnedMDM(AbstractLinearMDM):
             np.zeros((n, n)), mean_d, beta_min, beta_max, time_min, gamma_min
         )
         self.time_logit = _time_logit(self.time_min, learn_time_min)
+        self.mixed_score = _check_mixed_score(mixed_score)
 
     def matrices(self) -> tuple[Matrix, Matrix]:
         n = self.g.shape[0]

@@ -73,6 +73,9 @@ class ProcessConfig:
       only): `"fixed"`, the reference's $\mathcal N(0, 0.01 I)$, or `"learned"`,
       $\mathcal N(c\,x, \operatorname{diag}(s^2))$ with $c$ and $s$ per auxiliary variable
       learned from there.
+    - `mixed_score`: the data variance $\sigma^2$ of the Gaussian whose exact denoiser
+      the network's output is added to (`"mdm"` only; `ad.AbstractLinearMDM.gaussian_eps`,
+      Dockhorn et al.'s mixed score); 0, the default, for none.
     - `times`: how the bound draws its times (`"mdm"` only; the others use
       `"antithetic"`): `"antithetic"`, VDM's low-discrepancy uniform times, or
       `"likelihood"`, the same numbers importance-sampled by VP's likelihood weighting on
@@ -111,6 +114,7 @@ class ProcessConfig:
     diffusion: str = "cld"
     num_aux: int = 0
     aux_init: Literal["fixed", "learned"] = "fixed"
+    mixed_score: float = 0.0
     times: str = "antithetic"
     noise: str = "gaussian"
     noise_shape: float = 0.0

@@ -120,6 +120,9 @@ class ProcessConfig(Protocol):
     def aux_init(self) -> str: ...
 
     @property
+    def mixed_score(self) -> float: ...
+
+    @property
     def noise(self) -> str: ...
 
     @property
@@ -278,6 +281,7 @@ def _mdm_options(cfg: ProcessConfig) -> dict[str, Any]:
         "gamma_min": cfg.gamma_min,
         "learn_aux_init": cfg.aux_init == "learned",
         "learn_time_min": cfg.endpoints == "learned",
+        "mixed_score": cfg.mixed_score or None,
     }
 
 
@@ -303,8 +307,9 @@ MDM_DIFFUSIONS: Mapping[str, Callable[[ProcessConfig, PRNGKeyArray], AbstractLin
 """The multivariate diffusions by the names `process.diffusion` takes; `process.num_aux`
 sets K where the family allows it (0: the family's default), `process.gamma_min` the
 data's negative log-SNR where the bound starts (its t_min), `process.endpoints=learned`
-learns that t_min from there, and `process.aux_init` whether
-q(v_0 | x) is the reference's fixed N(0, 0.01 I) or learned."""
+learns that t_min from there, `process.aux_init` whether
+q(v_0 | x) is the reference's fixed N(0, 0.01 I) or learned, and `process.mixed_score` the
+data variance of the Gaussian denoiser the network's output is added to (0: none)."""
 
 
 def _mdm(
@@ -357,7 +362,9 @@ PROCESS_KINDS: Mapping[str, ProcessKind] = {
     ),
     "mdm": ProcessKind(
         _mdm,
-        frozenset({"diffusion", "num_aux", "times", "gamma_min", "endpoints", "aux_init"}),
+        frozenset(
+            {"diffusion", "num_aux", "times", "gamma_min", "endpoints", "aux_init", "mixed_score"}
+        ),
         (),
     ),
     "ddpm": ProcessKind(
