@@ -4,14 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: test test-slow demo lint clean
+.PHONY: test test-slow demo lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The documentation's tools, kept out of $(STAMP) so that `make test` does not install them.
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
 
 # The suite without the end-to-end runs marked slow (CLI jobs, crash and resume, two
 # hosts); CI runs those too, by test-slow.
@@ -25,6 +31,11 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m adaptive_diffusion.demo
+
+# The site in site/ (mkdocs.yml, strict: any warning fails the build). The variable only
+# silences mkdocs-material's banner about MkDocs 2.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

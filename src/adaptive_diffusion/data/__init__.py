@@ -11,3 +11,17 @@ from ._pipeline import (
     image_pipeline as image_pipeline,
     levels_to_centres as levels_to_centres,
 )
+
+
+__all__ = [
+    "ArraySource",
+    "AbstractImageSource",
+    "DataError",
+    "CIFAR10Source",
+    "DigitsSource",
+    "ImageFolderSource",
+    "ImageNet32Source",
+    "SampleImagePatchesSource",
+    "image_pipeline",
+    "levels_to_centres",
+]

@@ -22,3 +22,21 @@ from ._resampling import (
     bootstrap as bootstrap,
     subsets as subsets,
 )
+
+
+__all__ = [
+    "ClassifierFeatures",
+    "FeatureExtractor",
+    "accuracy",
+    "classifier_features",
+    "train_classifier",
+    "frechet_distance",
+    "gaussian_frechet_distance",
+    "kernel_distance",
+    "PrecisionRecall",
+    "precision_recall",
+    "Interval",
+    "Spread",
+    "bootstrap",
+    "subsets",
+]

@@ -12,3 +12,17 @@ from ._embeddings import (
 from ._encoder import ConvEncoder as ConvEncoder, MLPEncoder as MLPEncoder
 from ._mlp import MLPDenoiser as MLPDenoiser
 from ._unet import UNet as UNet
+
+
+__all__ = [
+    "Autoencoder",
+    "train_autoencoder",
+    "Classifier",
+    "fourier_features",
+    "matched_fourier_exponents",
+    "sinusoidal_embedding",
+    "ConvEncoder",
+    "MLPEncoder",
+    "MLPDenoiser",
+    "UNet",
+]
