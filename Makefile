@@ -22,7 +22,7 @@ $(DOCS_STAMP): $(STAMP) pyproject.toml
 # The suite without the end-to-end runs marked slow (CLI jobs, crash and resume, two
 # hosts); CI runs those too, by test-slow.
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/pyright src
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
@@ -38,7 +38,7 @@ docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/pyright src
 
 clean:

@@ -144,8 +144,9 @@ def summarise(rows):
 
 
 def main(description, models, data, default_models, name):
-    """Parse the command line and run `models` (name to overrides) on `data` (name to
-    overrides) for each seed; `name` names the default run folder and JSON file."""
+    """Parse the command line and run `models` (name to overrides, or to a function of the
+    data's name giving them) on `data` (name to overrides) for each seed; `name` names the
+    default run folder and JSON file."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", choices=sorted(data), default="digits")
     parser.add_argument("--models", nargs="+", choices=sorted(models), default=default_models)
@@ -168,7 +169,8 @@ def main(description, models, data, default_models, name):
             if (args.data, model_name, seed, args.steps) in done:
                 continue
             workdir = pathlib.Path(args.workdir) / f"{args.data}_{model_name}_{args.steps}_{seed}"
-            overrides = [*data[args.data], *models[model_name]]
+            model = models[model_name]
+            overrides = [*data[args.data], *(model(args.data) if callable(model) else model)]
             row = run_one(overrides, args.data, model_name, seed, args, workdir)
             print(json.dumps(row), flush=True)
             report["rows"].append(row)

@@ -22,7 +22,13 @@ which its decoder of $v_0$ mostly gives back.
         learned_k1_auxlearned --ode-examples 32 --ode-samples 1 --elbo-repeats 16
 """
 
+from collections.abc import Callable
+
+import numpy as np
+
 from _compare import main
+from adaptive_diffusion.data import levels_to_centres
+from adaptive_diffusion.train import config_path, load_config, make_source
 
 
 _MDM = ["process.kind=mdm", "process.times=likelihood", "process.parameterization=eps"]
@@ -41,7 +47,7 @@ FAMILY_GAMMA_MIN = {
     "learned_k2": -2.5,
 }
 """Each family's `gamma_min`: the best held-out ELBO of the sweep over `GAMMA_GRID` at 2000
-steps, seed 0 (bits/dim; the README has the whole sweep). ALDA's is the grid's edge: it
+steps, seed 0 (bits/dim; docs/benchmarks.md has the whole sweep). ALDA's is the grid's edge: it
 was still falling there (3.86 at -0.5)."""
 
 GAMMA_GRID = (-9.5, -7.5, -5.5, -4.5, -3.5, -2.5, -1.5, -0.5)
@@ -57,6 +63,23 @@ def _mdm(family: str, gamma_min: float, *extra: str) -> list[str]:
 
 
 _LEARNED_START = "process.endpoints=learned"
+
+def second_moment(data: str) -> float:
+    """$\\mathbb E[x^2]$ over the pixels of `data`'s training split, on its bin centres: the
+    variance $\\sigma^2$ of the zero-mean Gaussian whose exact denoiser
+    (`ad.AbstractLinearMDM.gaussian_eps`) a `<family>_mixed` model's network is added to
+    (digits: 0.635, patches: 0.449)."""
+    config = load_config(config_path("digits"), DATA[data])
+    train = make_source(config.data, "train")
+    return float(np.mean(levels_to_centres(train[np.arange(len(train))], train.num_levels) ** 2))
+
+
+def _mixed(family: str, gamma_min: float, *extra: str) -> Callable[[str], list[str]]:
+    """`_mdm(family, gamma_min, *extra)` with the mixed score of the data it runs on."""
+    return lambda data: _mdm(
+        family, gamma_min, f"process.mixed_score={second_moment(data)}", *extra
+    )
+
 
 MODELS = {
     "vp": ["process.kind=vp", "process.schedule=learned"],
@@ -76,6 +99,14 @@ MODELS = {
         for g in GAMMA_GRID
     },
     **{f"{name}_tlearned": _mdm(name, TLEARNED_START, _LEARNED_START) for name in _FAMILIES},
+    # The network predicts the residual from the exact denoiser of a zero-mean Gaussian
+    # model of the data (Dockhorn et al.'s mixed score; `process.mixed_score`), from the
+    # family's swept start or from a learned one.
+    **{f"{name}_mixed": _mixed(name, FAMILY_GAMMA_MIN[name]) for name in _FAMILIES},
+    **{
+        f"{name}_mixed_tlearned": _mixed(name, TLEARNED_START, _LEARNED_START)
+        for name in _FAMILIES
+    },
 }
 DATA = {
     "digits": [],

@@ -39,7 +39,7 @@ optimal $\hat\varepsilon$ is a sawtooth no network resolves: the bound pays abou
 nat per data coordinate for every unit of $\gamma$ it spans there (measured: 19.7
 bits/dim on digits after 300 steps, against 4.09 for a uniform model). So the endpoint
 is set, as VDM's is, by the log-SNR: `gamma_min` gives $t_{\min}$ as the first time at
-which $\gamma(t) = $ `gamma_min` (`time_min_for_gamma`); `time_min` sets it directly.
+which $\gamma(t)$ equals `gamma_min` (`time_min_for_gamma`); `time_min` sets it directly.
 
 Where it should start depends on the network as well as on the data. The decoder of
 $u_0$ given $u_{t_{\min}}$ is exact for the Gaussian kernel (`decoder_nll`), while a

@@ -8,7 +8,8 @@
 
 `--config` takes a YAML file or the name of a shipped config (`digits`, `cifar10`,
 `imagenet32`). Multi-host runs start the same command on every host with
-`--distributed` (see the README for GPU clusters and TPU pod slices).
+`--distributed` (docs/cli.md, "Meshes and many hosts", shows GPU clusters and TPU pod
+slices).
 """
 
 import argparse
