@@ -319,6 +319,7 @@ class ODELikelihood(eqx.Module):
         t1: float | Scalar = 1.0,
     ) -> LikelihoodResult:
         """$\\log p_{t_0}(u_0)$; arguments as `ode_log_likelihood`."""
+        require_capability(process, AbstractSDEProcess, "ode_log_likelihood")
         score = as_score(score_fn)
         estimator = self.trace
         with jax.default_matmul_precision("float32"):
@@ -572,6 +573,7 @@ def ode_bits_per_dim(
 
     **Returns:** the bound, in bits per dimension (NaN if a solve failed).
     """
+    require_capability(process, AbstractSDEProcess, "ode_bits_per_dim")
     check_discrete_eagerly(x, num_levels)
     if importance_weighted and num_samples > 1 and not likelihood.trace.is_exact:
         raise ValueError(
