@@ -22,6 +22,7 @@ which its decoder of $v_0$ mostly gives back.
         learned_k1_auxlearned --ode-examples 32 --ode-samples 1 --elbo-repeats 16
 """
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -64,6 +65,8 @@ def _mdm(family: str, gamma_min: float, *extra: str) -> list[str]:
 
 _LEARNED_START = "process.endpoints=learned"
 
+
+@functools.cache
 def second_moment(data: str) -> float:
     """$\\mathbb E[x^2]$ over the pixels of `data`'s training split, on its bin centres: the
     variance $\\sigma^2$ of the zero-mean Gaussian whose exact denoiser

@@ -48,10 +48,6 @@ def _reexports(package: types.ModuleType) -> list[str]:
     ]
 
 
-def _public_names(package: types.ModuleType) -> list[str]:
-    return list(package.__all__)
-
-
 def _resolve(target: str) -> object:
     """The object a dotted path names: the longest importable module prefix, then
     attributes."""
@@ -79,7 +75,7 @@ def test_all_lists_the_reexports(name):
 def test_every_public_name_is_documented(name):
     package = importlib.import_module(name)
     documented = _directives(DOCS / "api")
-    missing = [n for n in _public_names(package) if f"{name}.{n}" not in documented]
+    missing = [n for n in package.__all__ if f"{name}.{n}" not in documented]
     assert not missing, f"no `::: {name}.X` block in docs/api for: {missing}"
 
 
