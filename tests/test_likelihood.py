@@ -241,3 +241,52 @@ def test_importance_weighting_refuses_a_random_trace():
     exact = ad.ODELikelihood(trace=ad.ExactTrace())
     assert np.isfinite(bound(num_samples=2, importance_weighted=True, likelihood=exact))
     assert np.isfinite(bound(num_samples=2, importance_weighted=False))
+
+
+def test_chosen_tolerance_keeps_the_solver_bias_within_budget(getkey):
+    """The chooser and the solver-error estimate against the analytic density: the mean
+    of -log p over 64 mixture points (exact trace: the solver's error alone), as if
+    these were the checked part of a 20,000-example test set."""
+    process = _processes()["VP"]
+    data = random_mixture(getkey(), (4,))
+    score = mixture_score(process, data)
+    p0 = marginal(process, data, 0.0)
+    xs = jax.vmap(data.sample)(jax.random.split(getkey(), 64))
+    exact = -np.asarray(jax.vmap(p0.log_prob)(xs))
+
+    @jax.jit
+    def nll(tol):
+        def one(x):
+            return ad.ode_log_likelihood(
+                process, score, x, key=jax.random.key(0), trace="exact", rtol=tol, atol=tol
+            ).log_prob
+
+        return -jax.vmap(one)(xs)
+
+    def figures(tol):
+        return np.asarray(nll(jnp.float32(tol)))
+
+    num_examples = 20_000
+    error = ad.choose_tolerance(figures, num_examples)
+    _, _, half_width = ad.mean_interval(exact)
+    budget = 0.1 * half_width * math.sqrt(len(exact) / num_examples)
+    assert error.within_budget and error.num_examples == 64
+    np.testing.assert_allclose(error.budget, budget, rtol=0.05)  # the spread at tol vs exact
+    # The chooser is not vacuous: the loosest tolerance is outside the budget, and it
+    # stopped at the first that is within it.
+    assert error.tolerance < ad.AUTO_TOLERANCES[0]
+    looser = ad.AUTO_TOLERANCES[ad.AUTO_TOLERANCES.index(error.tolerance) - 1]
+    reference = figures(1e-7)
+    rejected = ad.solver_error(
+        figures(looser), reference, tolerance=looser, reference_tolerance=1e-7,
+        half_width=error.budget / 0.1,
+    )
+    assert not rejected.within_budget
+    # The estimate is the true bias (against the analytic density) to within three of
+    # its standard errors plus the reference's own error (~1e-5 nats at 1e-7).
+    true_bias = np.mean(figures(error.tolerance) - exact)
+    assert abs(error.bias - true_bias) < 3 * error.stderr + 1e-4
+    assert abs(true_bias) <= error.budget + 1e-4
+    with pytest.raises(ValueError, match="tighter than every"):
+        ad.choose_tolerance(figures, num_examples, reference_tolerance=1e-3)
+

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
+import adaptive_diffusion as ad
 from adaptive_diffusion import train
 
 
@@ -197,11 +198,19 @@ def test_cli_train_eval_sample(tmp_path, capsys):
         args = ["eval", "--checkpoint", str(workdir), "--method", method, "--num-examples", "6"]
         if method == "ode":
             args += ["--dequantization", "truncated_normal", "--ode-samples", "2"]
+            args += ["--tolerance", "auto", "--solver-check", "4"]
         assert train.main([*args, "--num-steps", "16", "--out", str(out), "--no-progress"]) == 0
         result = json.loads(out.read_text())
         assert result["num_examples"] == 6 and result["step"] == 20
         low, high = result["ci95"]
         assert 0 < low < result["value"] < high < 30 and result["unit"] == "bits/dim", result
+        if method == "ode":
+            # The chosen tolerance, checked on the first 4 examples (one whole batch of 6).
+            error = result["solver_error"]
+            assert error["tolerance"] in ad.AUTO_TOLERANCES and error["num_examples"] == 6
+            assert error["reference_tolerance"] == 1e-7 and error["budget"] > 0, error
+        else:
+            assert "solver_error" not in result
     assert "95% CI" in capsys.readouterr().out
 
     png = tmp_path / "s.png"
@@ -234,6 +243,15 @@ def test_cli_train_eval_sample(tmp_path, capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert "expected a positive integer" in err and "Traceback" not in err, args
+    for args, expected in (
+        (["--tolerance", "0"], "expected 'auto' or a number in (1e-7, 1)"),
+        (["--solver-check", "-1"], "expected a non-negative integer"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["eval", "--checkpoint", str(workdir), *args])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, args
 
 
 def test_shipped_configs_load():

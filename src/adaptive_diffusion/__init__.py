@@ -15,6 +15,13 @@ from ._discrete import (
     from_levels as from_levels,
     to_levels as to_levels,
 )
+from ._error_budget import (
+    AUTO_TOLERANCES as AUTO_TOLERANCES,
+    SolverError as SolverError,
+    choose_tolerance as choose_tolerance,
+    mean_interval as mean_interval,
+    solver_error as solver_error,
+)
 from ._frozen import Frozen as Frozen, trainable as trainable
 from ._latents import (
     AbstractLatent as AbstractLatent,
@@ -167,6 +174,11 @@ __all__ = [
     "NoLatent",
     "SumOfGammaPerturbation",
     "TopKLatent",
+    "AUTO_TOLERANCES",
+    "SolverError",
+    "choose_tolerance",
+    "mean_interval",
+    "solver_error",
     "AbstractDequantization",
     "AbstractJacobianProducts",
     "AbstractProbe",

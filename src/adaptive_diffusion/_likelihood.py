@@ -267,7 +267,12 @@ class ODESolve(eqx.Module):
         iterations."""
         if isinstance(self.solver, diffrax.AbstractImplicitSolver):
             return jnp.full_like(num_steps, -1)
-        at_start, per_step = _evaluation_counts(self.solver, self.stepsize_controller, self.dt0)
+        controller = self.stepsize_controller
+        if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
+            # Evaluations per step do not depend on the tolerances, which may be arrays
+            # (unhashable, or traced): count with fixed ones.
+            controller = diffrax.PIDController(rtol=1e-3, atol=1e-3)
+        at_start, per_step = _evaluation_counts(self.solver, controller, self.dt0)
         return at_start + per_step * num_steps
 
 
@@ -362,8 +367,8 @@ def ode_log_likelihood(
     *,
     key: PRNGKeyArray,
     solver: diffrax.AbstractSolver = diffrax.Tsit5(),
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | Scalar = 1e-5,
+    atol: float | Scalar = 1e-5,
     trace: str | AbstractTraceEstimator = "hutchinson",
     num_probes: int = 1,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
@@ -389,7 +394,8 @@ def ode_log_likelihood(
     - `u0`: one state of the process (`process.initial_state(key, x).state`).
     - `key`: PRNG key for the Hutchinson probes, fixed for the whole solve.
     - `solver`: a diffrax ODE solver.
-    - `rtol`, `atol`: tolerances of the default `diffrax.PIDController`.
+    - `rtol`, `atol`: tolerances of the default `diffrax.PIDController` (floats or
+      arrays: one compiled solve serves every tolerance).
     - `trace`: `"hutchinson"` (default), `"exact"` (small dimension), or an
       `AbstractTraceEstimator` such as `HutchinsonTrace(products=ReverseMode())`.
     - `num_probes`: the number of Hutchinson probes of `"hutchinson"`.

@@ -17,7 +17,16 @@ import time
 import jax
 import numpy as np
 
-from .train import Config, config_path, eval_model, evaluate, make_mesh, make_source, train
+from .train import (
+    BitsPerDim,
+    Config,
+    config_path,
+    eval_model,
+    evaluate,
+    make_mesh,
+    make_source,
+    train,
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -59,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ("held-out ELBO (bits/dim)", _with_interval(elbo.mean, elbo.ci95)),
         ("held-out ODE (bits/dim)", _with_interval(ode.mean, ode.ci95)),
         ("ODE median (bits/dim)", f"{np.median(ode.values):.3f}"),
+        ("ODE solver error (bits/dim)", _solver_error(ode)),
         ("samples", str(workdir / "samples.png")),
         ("noise schedule", str(workdir / "schedule.png")),
     ]
@@ -68,6 +78,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"  {name:<{width}}  {value}")
     median = float(np.median(ode.values))
     return {"elbo_bpd": elbo.mean, "ode_bpd": ode.mean, "ode_bpd_median": median}
+
+
+def _solver_error(result: BitsPerDim) -> str:
+    error = result.solver_error
+    assert error is not None, "the ODE figure is checked by default"
+    return f"{error.bias:+.4f} +- {error.stderr:.4f} at rtol = atol = {error.tolerance:.0e}"
 
 
 def _with_interval(mean: float, interval: tuple[float, float]) -> str:

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Callable
 from typing import Literal, get_args
 
@@ -15,6 +16,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
+from .._error_budget import SolverError, choose_tolerance, mean_interval, solver_error
 from .._sampling import sample_ancestral, sample_ddim, sample_ode, sample_sde
 from ..data import AbstractImageSource, levels_to_centres
 from ._model import DiffusionModel, Sampler
@@ -41,7 +43,9 @@ class BitsPerDim:
 
     **Fields:** `method`; `mean`; `stderr`, the standard error of the mean over examples;
     `ci95`, the normal 95% confidence interval `mean +- 1.96 stderr`; `values`, the
-    per-example figures.
+    per-example figures; `solver_error`, for `"ode"` the `SolverError` of the figure
+    (`None` when not checked); `seconds`, the wall time of the figure's pass over the
+    examples (compiling included).
     """
 
     method: str
@@ -49,6 +53,8 @@ class BitsPerDim:
     stderr: float
     ci95: tuple[float, float]
     values: np.ndarray
+    solver_error: SolverError | None = None
+    seconds: float = math.nan
 
     @property
     def unit(self) -> str:
@@ -57,10 +63,26 @@ class BitsPerDim:
 
     def __str__(self) -> str:
         low, high = self.ci95
-        return (
+        text = (
             f"{self.method}: {self.mean:.4f} {self.unit}, 95% CI [{low:.4f}, {high:.4f}] "
             f"over {len(self.values)} examples"
         )
+        return text if self.solver_error is None else f"{text}; {self.solver_error}"
+
+    def as_json(self) -> dict:
+        """The figure as JSON-ready values (per-example values left out)."""
+        out = {
+            "method": self.method,
+            "value": self.mean,
+            "unit": self.unit,
+            "stderr": self.stderr,
+            "ci95": list(self.ci95),
+            "num_examples": len(self.values),
+            "seconds": self.seconds,
+        }
+        if self.solver_error is not None:
+            out["solver_error"] = self.solver_error.as_json()
+        return out
 
 
 def _per_example(
@@ -70,6 +92,7 @@ def _per_example(
     method: Method,
     num_steps: int,
     repeats: int,
+    tolerance: Float[Array, ""],
 ) -> Float[Array, " batch"]:
     keys = jax.random.split(key, xs.shape[0])
     if method in ("elbo", "denoising"):
@@ -80,7 +103,7 @@ def _per_example(
         return jnp.mean(jax.vmap(draw)(jax.random.split(key, repeats)), axis=0)
     if method == "vlb":
         return jax.vmap(lambda x, k: model.dense_vlb(x, key=k, num_steps=num_steps))(xs, keys)
-    return jax.vmap(lambda x, k: model.ode_bpd(x, key=k))(xs, keys)
+    return jax.vmap(lambda x, k: model.ode_bpd(x, key=k, tolerance=tolerance))(xs, keys)
 
 
 def _global_batches(n: int, batch_size: int) -> list[np.ndarray]:
@@ -116,9 +139,23 @@ def evaluate(
     num_examples: int | None = None,
     num_steps: int = 1000,
     repeats: int = 4,
+    tolerance: float | Literal["auto"] = 1e-5,
+    solver_check: int = 64,
+    reference_tolerance: float = 1e-7,
+    bias_budget: float = 0.1,
     progress: bool = True,
 ) -> BitsPerDim:
-    """Bits/dim of `model` on the first `num_examples` images of `source`.
+    """Bits/dim of `model` on the first `num_examples` images of `source`, with its 95%
+    confidence interval and, for `"ode"`, its solver error.
+
+    The interval covers the variance of the per-example figures (examples, time and
+    noise draws, the ODE's dequantisation and Hutchinson probes). What it does not cover
+    is the ODE solver's bias, estimated by `SolverError`: the first `solver_check`
+    examples (rounded up to whole batches) are solved again at `reference_tolerance`
+    with the same draws. `tolerance="auto"` tries `ad.AUTO_TOLERANCES` on those
+    examples, loosest first, and keeps the first whose bias is within `bias_budget` of
+    the interval's half-width expected over all the examples (`ad.choose_tolerance`; if
+    none is, the tightest, and the report says so).
 
     **Arguments:**
 
@@ -135,24 +172,87 @@ def evaluate(
     - `batch_size`: examples per global batch (rounded up to a multiple of the devices).
     - `num_examples`: how many images (default: all).
     - `num_steps`, `repeats`: see `method`.
-    - `progress`: show a progress bar.
+    - `tolerance`: rtol = atol of the `"ode"` solves, or `"auto"`.
+    - `solver_check`: how many examples check the solver's error (0: none).
+    - `reference_tolerance`: the tighter tolerance of that check.
+    - `bias_budget`: the accepted bias (plus two standard errors) as a fraction of the
+      interval's half-width.
+    - `progress`: show a progress bar with examples/s and the running figure.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown evaluation method {method!r}; use one of {', '.join(METHODS)}.")
     n = len(source) if num_examples is None else min(num_examples, len(source))
     batch_size = _batch_size_for(mesh, min(batch_size, max(n, 1)))
-    run = eqx.filter_jit(_per_example)
-    values = []
     batches = _global_batches(n, batch_size)
-    for i, batch in enumerate(tqdm(batches, desc=f"eval {method}", disable=not progress)):
-        xs = shard_batch(mesh, levels_to_centres(source[_local_slice(batch)], source.num_levels))
-        out = run(model, xs, jax.random.fold_in(key, i), method, num_steps, repeats)
-        values.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
-    per_example = np.concatenate(values)[:n] if values else np.zeros(0)
-    mean = float(per_example.mean())
-    stderr = float(per_example.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    interval = (mean - 1.96 * stderr, mean + 1.96 * stderr)
-    return BitsPerDim(method, mean, stderr, interval, per_example)
+    run = eqx.filter_jit(_per_example)
+
+    def pass_over(which: list[np.ndarray], tol: float, desc: str) -> np.ndarray:
+        """The per-example figures of the batches `which` (the i-th batch keyed by i, so
+        a batch gets the same draws in every pass)."""
+        total = min(n, len(which) * batch_size)
+        bar = tqdm(total=total, desc=desc, unit="ex", disable=not progress)
+        values = []
+        for i, batch in enumerate(which):
+            xs = levels_to_centres(source[_local_slice(batch)], source.num_levels)
+            out = run(
+                model,
+                shard_batch(mesh, xs),
+                jax.random.fold_in(key, i),
+                method,
+                num_steps,
+                repeats,
+                jnp.asarray(tol, jnp.float32),
+            )
+            values.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
+            done = np.concatenate(values)[:total]
+            bar.update(len(done) - bar.n)
+            bar.set_postfix_str(f"{done.mean():.4f} {'MSE' if method == 'denoising' else 'bpd'}")
+        bar.close()
+        return np.concatenate(values)[:total] if values else np.zeros(0)
+
+    checked = batches[: math.ceil(min(solver_check, n) / batch_size)] if method == "ode" else []
+    checks: dict[float, np.ndarray] = {}
+
+    def check(tol: float) -> np.ndarray:
+        if tol not in checks:
+            checks[tol] = pass_over(checked, tol, f"check at {tol:.0e}")
+        return checks[tol]
+
+    if tolerance != "auto" and checked and not reference_tolerance < tolerance:
+        raise ValueError(
+            f"reference_tolerance={reference_tolerance:g} must be tighter than "
+            f"tolerance={tolerance:g}."
+        )
+    if tolerance == "auto":
+        if not checked:
+            raise ValueError(
+                "tolerance='auto' chooses by the solver check: pass solver_check > 0 and "
+                "method='ode'."
+            )
+        chosen = choose_tolerance(
+            check,
+            n,
+            reference_tolerance=reference_tolerance,
+            bias_budget=bias_budget,
+        ).tolerance
+    else:
+        chosen = tolerance
+    start = time.perf_counter()
+    per_example = pass_over(batches, chosen, f"eval {method}")
+    seconds = time.perf_counter() - start
+    mean, stderr, half_width = mean_interval(per_example)
+    error = None
+    if checked:
+        error = solver_error(
+            per_example,
+            check(reference_tolerance),
+            tolerance=chosen,
+            reference_tolerance=reference_tolerance,
+            half_width=half_width,
+            bias_budget=bias_budget,
+        )
+    interval = (mean - half_width, mean + half_width)
+    return BitsPerDim(method, mean, stderr, interval, per_example, error, seconds)
 
 
 def generate(
