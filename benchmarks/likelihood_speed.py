@@ -3,14 +3,25 @@
 score_sde's `likelihood.py` integrates the probability-flow ODE with scipy's
 `solve_ivp(RK45)` on the host, over the flattened batch, calling a jitted function for
 the drift and the Hutchinson divergence (by reverse mode) at every evaluation. Here the
-same model (a digits denoiser trained with the shipped `digits` config), the same 64
-held-out digits (dequantised once by q(z_0 | x)), the same Rademacher probes and the
-same tolerances go through both, and through `ad.ode_log_likelihood` (one jitted,
-vmapped diffrax solve per example). Errors are against a float64 exact-trace solve at
-rtol = atol = 1e-9 ("exact") and against a float64 solve with the same probes at that
-tolerance ("same probes": the solver's own error, without the estimator's).
+same model (a digits denoiser trained with the shipped `digits` config), the same
+held-out digits (dequantised once by q(z_0 | x)), the same Rademacher probes and the same
+tolerances go through both, and through `ad.ode_log_likelihood` (one jitted, vmapped
+diffrax solve per example) with several solvers. Errors are against a float64 solve with
+the same probes at rtol = atol = 1e-9 (the solver's own error, without the estimator's)
+and against a float64 exact-trace solve ("exact": the estimator's too).
 
-Prints a table and writes JSON:
+Three tables, in one run:
+
+1. Work and precision: time, evaluations and errors per example of every method at every
+   tolerance; "bias" is the mean signed solver error, what a test-set mean keeps.
+2. Variance and cost of the trace estimators: the per-example standard deviation of the
+   estimate about the exact trace's, its time, and their product var x time (the time
+   to reach a given standard error over a test set; lower is better).
+3. The test-set figure at equal error: score_sde's default (RK45 at 1e-5, one probe)
+   against the cheapest of ours whose solver error bound |bias| + 2 stderr over the
+   examples is no larger, with the speed-up.
+
+Prints the tables and writes JSON:
 
     python benchmarks/likelihood_speed.py [--train-steps 3000] [--out PATH]
 """
@@ -19,7 +30,6 @@ import argparse
 import json
 import math
 import pathlib
-import platform
 import tempfile
 import time
 
@@ -31,6 +41,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 import adaptive_diffusion as ad
+from _report import machine
 from adaptive_diffusion import train
 from adaptive_diffusion.data import DigitsSource, levels_to_centres
 
@@ -92,12 +103,12 @@ class FixedProbes(ad.AbstractTraceEstimator):
         return ad.HutchinsonTrace()(f, u, probes)
 
 
-def ours(process, score, ys, keys, tol, solver, mode):
-    """`ad.ode_log_likelihood`, jitted and vmapped: one adaptive solve per example."""
-    estimator = ad.HutchinsonTrace(products=mode)
+def ours(process, score, ys, keys, solver, estimator):
+    """`ad.ode_log_likelihood`, jitted and vmapped: one adaptive solve per example; one
+    compiled program for every tolerance (an array argument)."""
 
     @jax.jit
-    def run(ys, keys):
+    def run(ys, keys, tol):
         def one(y, k):
             return ad.ode_log_likelihood(
                 process, score, y, key=k, trace=estimator, solver=solver, rtol=tol, atol=tol
@@ -106,7 +117,7 @@ def ours(process, score, ys, keys, tol, solver, mode):
         result = jax.vmap(one)(ys, keys)
         return result.log_prob, result.nfe
 
-    return lambda: run(ys, keys)
+    return lambda tol: lambda: run(ys, keys, jnp.float32(tol))
 
 
 def reference(model, ys, probes):
@@ -151,11 +162,107 @@ def timed(fn, repeats=3):
     return best, out
 
 
+def _errors(log_prob, target):
+    """Mean absolute error, and the mean signed error (bias) with its standard error."""
+    diff = np.asarray(log_prob, np.float64) - target
+    return (
+        float(np.mean(np.abs(diff))),
+        float(np.mean(diff)),
+        float(np.std(diff, ddof=1) / math.sqrt(len(diff))),
+    )
+
+
+def work_precision(methods, tols, n, exact, same_probe):
+    rows = []
+    for tol in tols:
+        for name, make in methods.items():
+            seconds, (log_prob, nfe) = timed(make(tol))
+            err_exact = float(np.mean(np.abs(np.asarray(log_prob) - exact)))
+            err_probe, bias, bias_se = _errors(log_prob, same_probe)
+            rows.append(
+                {
+                    "method": name,
+                    "tol": tol,
+                    "seconds_per_example": seconds / n,
+                    "nfe_per_example": float(np.mean(nfe)),
+                    "max_nfe": float(np.max(nfe)),
+                    "err_exact_nats": err_exact,
+                    "err_same_probe_nats": err_probe,
+                    "bias_nats": bias,
+                    "bias_stderr_nats": bias_se,
+                }
+            )
+    base = {r["tol"]: r["seconds_per_example"] for r in rows if r["method"] == BASELINE}
+    print(
+        f"{'method':30s} {'tol':>7s} {'ms/ex':>8s} {'nfe/ex':>7s} {'err exact':>10s} "
+        f"{'err probe':>10s} {'bias +- se':>19s} {'speed-up':>8s}"
+    )
+    for r in rows:
+        r["speedup_vs_score_sde"] = base[r["tol"]] / r["seconds_per_example"]
+        print(
+            f"{r['method']:30s} {r['tol']:7.0e} {1e3 * r['seconds_per_example']:8.2f} "
+            f"{r['nfe_per_example']:7.1f} {r['err_exact_nats']:10.2e} "
+            f"{r['err_same_probe_nats']:10.2e} {r['bias_nats']:+9.2e} +- "
+            f"{r['bias_stderr_nats']:7.1e} {r['speedup_vs_score_sde']:8.2f}"
+        )
+    return rows
+
+
+def estimator_variance(process, score, ys, keys, exact, tol):
+    """Per-example spread of each trace estimator about the exact trace, and its cost."""
+    estimators = {
+        f"Hutchinson, {k} probe{'s' if k > 1 else ''}": ad.HutchinsonTrace(k) for k in (1, 2, 4, 8)
+    }
+    estimators["exact trace (64 JVPs)"] = ad.ExactTrace()
+    rows = []
+    print(f"\ntrace estimators, Tsit5 at rtol = atol = {tol:g}")
+    print(f"{'estimator':26s} {'ms/ex':>8s} {'std (nats)':>11s} {'var x time':>11s}")
+    for name, estimator in estimators.items():
+        seconds, (log_prob, _) = timed(
+            ours(process, score, ys, keys, diffrax.Tsit5(), estimator)(tol)
+        )
+        std = float(np.std(np.asarray(log_prob, np.float64) - exact, ddof=1))
+        per_example = seconds / len(ys)
+        rows.append(
+            {
+                "estimator": name,
+                "seconds_per_example": per_example,
+                "std_nats": std,
+                "var_x_seconds": std**2 * per_example,
+            }
+        )
+        print(f"{name:26s} {1e3 * per_example:8.2f} {std:11.3f} {std**2 * per_example:11.2e}")
+    return rows
+
+
+def equal_error(rows):
+    """score_sde's default against the cheapest of ours with no larger error bound."""
+
+    def bound(r):
+        return abs(r["bias_nats"]) + 2 * r["bias_stderr_nats"]
+
+    default = next(r for r in rows if r["method"] == BASELINE and r["tol"] == 1e-5)
+    ours_rows = [r for r in rows if r["method"] != BASELINE and bound(r) <= bound(default)]
+    best = min(ours_rows, key=lambda r: r["seconds_per_example"])
+    speedup = default["seconds_per_example"] / best["seconds_per_example"]
+    print(
+        f"\ntest-set figure at equal solver error (|bias| + 2 se, nats): score_sde RK45 1e-5 "
+        f"{bound(default):.3f} in {1e3 * default['seconds_per_example']:.2f} ms/ex; "
+        f"{best['method']} at {best['tol']:g}: {bound(best):.3f} in "
+        f"{1e3 * best['seconds_per_example']:.2f} ms/ex, {speedup:.2f}x"
+    )
+    return {"baseline": default, "ours": best, "speedup": speedup}
+
+
+BASELINE = "score_sde (scipy RK45, VJP)"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--num-examples", type=int, default=64)
-    parser.add_argument("--tols", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5])
+    parser.add_argument("--tols", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4, 1e-5])
+    parser.add_argument("--variance-tol", type=float, default=1e-4)
     parser.add_argument("--out", default="benchmarks/results/likelihood_speed.json")
     args = parser.parse_args()
 
@@ -174,53 +281,34 @@ def main():
     exact, same_probe = reference(model, ys, probes[:, None])
 
     baseline = score_sde_baseline(process, score, ys, probes)
-    methods = {"score_sde (scipy RK45, VJP)": lambda tol: lambda: baseline(tol)}
-    for solver in (diffrax.Tsit5(), diffrax.Dopri5()):
-        for label, mode in (("JVP", ad.ForwardMode()), ("VJP", ad.ReverseMode())):
+    methods = {BASELINE: lambda tol: lambda: baseline(tol)}
+    for solver, modes in (
+        (diffrax.Tsit5(), ("JVP", "VJP")),
+        (diffrax.Dopri5(), ("JVP",)),
+        (diffrax.Bosh3(), ("JVP",)),
+        (diffrax.Dopri8(), ("JVP",)),
+    ):
+        for label in modes:
+            mode = ad.ForwardMode() if label == "JVP" else ad.ReverseMode()
             name = f"diffrax {type(solver).__name__} vmap, {label}"
-            methods[name] = lambda tol, solver=solver, mode=mode: ours(
-                process, score, ys, keys, tol, solver, mode
+            methods[name] = ours(
+                process, score, ys, keys, solver, ad.HutchinsonTrace(products=mode)
             )
 
-    def _run(method, tol):
-        seconds, (log_prob, nfe) = timed(methods[method](tol))
-        return {
-            "method": method,
-            "tol": tol,
-            "seconds_per_example": seconds / n,
-            "nfe_per_example": float(np.mean(nfe)),
-            "max_nfe": float(np.max(nfe)),
-            "err_exact_nats": float(np.mean(np.abs(np.asarray(log_prob) - exact))),
-            "err_same_probe_nats": float(np.mean(np.abs(np.asarray(log_prob) - same_probe))),
-        }
-
-    rows = [_run(m, tol) for tol in args.tols for m in methods]
-    header = (
-        f"{'method':32s} {'tol':>7s} {'ms/ex':>8s} {'nfe/ex':>8s} {'err exact':>10s} "
-        f"{'err probe':>10s} {'speed-up':>8s}"
-    )
-    print(header)
-    base = {r["tol"]: r["seconds_per_example"] for r in rows if r["method"].startswith("score")}
-    for r in rows:
-        speedup = base[r["tol"]] / r["seconds_per_example"]
-        r["speedup_vs_score_sde"] = speedup
-        print(
-            f"{r['method']:32s} {r['tol']:7.0e} {1e3 * r['seconds_per_example']:8.2f} "
-            f"{r['nfe_per_example']:8.1f} {r['err_exact_nats']:10.2e} "
-            f"{r['err_same_probe_nats']:10.2e} {speedup:8.2f}"
-        )
+    rows = work_precision(methods, args.tols, n, exact, same_probe)
+    variance = estimator_variance(process, score, ys, keys, exact, args.variance_tol)
+    comparison = equal_error(rows)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
-                "device": str(jax.devices()[0]),
-                "cpu_count": __import__("os").cpu_count(),
-                "platform": platform.platform(),
-                "jax": jax.__version__,
+                "machine": machine(),
                 "num_examples": n,
                 "train_steps": args.train_steps,
                 "rows": rows,
+                "estimators": variance,
+                "equal_error": comparison,
             },
             indent=2,
         )

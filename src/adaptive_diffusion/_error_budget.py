@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 
-AUTO_TOLERANCES: tuple[float, ...] = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+AUTO_TOLERANCES: tuple[float, ...] = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
 """The tolerances `choose_tolerance` tries by default, loosest first."""
 
 
