@@ -213,6 +213,8 @@ def estimator_variance(process, score, ys, keys, exact, tol):
     estimators = {
         f"Hutchinson, {k} probe{'s' if k > 1 else ''}": ad.HutchinsonTrace(k) for k in (1, 2, 4, 8)
     }
+    for k in (1, 2):
+        estimators[f"Hutch++, {3 * k} products"] = ad.HutchPlusPlusTrace(k)
     estimators["exact trace (64 JVPs)"] = ad.ExactTrace()
     rows = []
     print(f"\ntrace estimators, Tsit5 at rtol = atol = {tol:g}")

@@ -78,6 +78,31 @@ def test_hutchinson_is_unbiased(probe, mode, getkey):
     assert abs(jnp.mean(draws) - exact) < 4 * stderr + 1e-3
 
 
+def test_hutch_plus_plus_is_unbiased_and_exact_at_full_rank(getkey):
+    process = _processes()["VP"]
+    data = random_mixture(getkey(), (4,))
+    score = mixture_score(process, data)
+    x = data.sample(getkey())
+    exact = ad.ode_log_likelihood(process, score, x, key=getkey(), trace="exact").log_prob
+
+    @jax.jit
+    @jax.vmap
+    def estimate(key):
+        estimator = ad.HutchPlusPlusTrace(num_sketch=1)
+        return ad.ode_log_likelihood(process, score, x, key=key, trace=estimator).log_prob
+
+    draws = estimate(jax.random.split(getkey(), 64))
+    stderr = jnp.std(draws) / math.sqrt(draws.size)
+    assert jnp.std(draws) > 0
+    # As Hutchinson's test: within 4 standard errors plus the solver's error.
+    assert abs(jnp.mean(draws) - exact) < 4 * stderr + 1e-3
+    # A sketch as wide as the dimension spans everything: the trace is exact.
+    full = ad.ode_log_likelihood(
+        process, score, x, key=getkey(), trace=ad.HutchPlusPlusTrace(num_sketch=4)
+    ).log_prob
+    np.testing.assert_allclose(full, exact, atol=1e-3)
+
+
 def test_nfe_is_the_real_count(getkey):
     process = _processes()["VP"]
     data = random_mixture(getkey(), (2,))
