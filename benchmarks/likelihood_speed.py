@@ -13,7 +13,9 @@ and against a float64 exact-trace solve ("exact": the estimator's too).
 Three tables, in one run:
 
 1. Work and precision: time, evaluations and errors per example of every method at every
-   tolerance; "bias" is the mean signed solver error, what a test-set mean keeps.
+   tolerance; "bias" is the mean signed solver error, what a test-set mean keeps. The
+   "tuned grid" rows solve on the fixed grid `ad.tuned_grid` makes from the adaptive
+   solves at that tolerance of other held-out digits.
 2. Variance and cost of the trace estimators: the per-example standard deviation of the
    estimate about the exact trace's, its time, and their product var x time (the time
    to reach a given standard error over a test set; lower is better).
@@ -118,6 +120,38 @@ def ours(process, score, ys, keys, solver, estimator):
         return result.log_prob, result.nfe
 
     return lambda tol: lambda: run(ys, keys, jnp.float32(tol))
+
+
+def on_tuned_grid(process, score, ys, keys, tune_ys, tune_keys, solver, estimator):
+    """`ad.ODELikelihood` on a fixed grid: `ad.tuned_grid` of the adaptive solves at the
+    tolerance of other held-out digits (`tune_ys`), then every example on that grid. The
+    tuning runs before the timing (a test set amortises it, as `train.evaluate` does with
+    its checked examples); its seconds are in the row's JSON."""
+
+    @jax.jit
+    def ends(tol):
+        controller = diffrax.PIDController(rtol=tol, atol=tol)
+        likelihood = ad.ODELikelihood(ad.ODESolve(solver, controller), estimator)
+        return jax.vmap(lambda y, k: likelihood.step_ends(process, score, y, key=k))(
+            tune_ys, tune_keys
+        )
+
+    @jax.jit
+    def run(ys, keys, grid):
+        likelihood = ad.ODELikelihood(ad.ODESolve(solver, diffrax.StepTo(ts=grid)), estimator)
+        result = jax.vmap(lambda y, k: likelihood(process, score, y, key=k))(ys, keys)
+        return result.log_prob, result.nfe
+
+    def make(tol):
+        start = time.perf_counter()
+        grid = ad.tuned_grid(ends(jnp.float32(tol)), 0.0, 1.0)
+        TUNING_SECONDS[tol, type(solver).__name__] = time.perf_counter() - start
+        return lambda: run(ys, keys, grid)
+
+    return make
+
+
+TUNING_SECONDS: dict[tuple[float, str], float] = {}
 
 
 def reference(model, ys, probes):
@@ -265,6 +299,9 @@ def main():
     parser.add_argument("--num-examples", type=int, default=64)
     parser.add_argument("--tols", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4, 1e-5])
     parser.add_argument("--variance-tol", type=float, default=1e-4)
+    parser.add_argument(
+        "--tune-examples", type=int, default=64, help="held-out digits the grids are tuned on"
+    )
     parser.add_argument("--out", default="benchmarks/results/likelihood_speed.json")
     args = parser.parse_args()
 
@@ -276,6 +313,14 @@ def main():
     n = xs.shape[0]
     keys_q = jax.random.split(jax.random.key(10), n)
     ys, _ = jax.vmap(lambda k, x: ad.ProcessDequantization()(process, k, x, NUM_LEVELS))(keys_q, xs)
+    # Grids are tuned on the next digits of the test split, not on the measured ones.
+    tune_xs = test.images[args.num_examples : args.num_examples + args.tune_examples]
+    tune_xs = jnp.asarray(levels_to_centres(tune_xs, NUM_LEVELS))
+    tune_keys_q = jax.random.split(jax.random.key(12), tune_xs.shape[0])
+    tune_ys, _ = jax.vmap(lambda k, x: ad.ProcessDequantization()(process, k, x, NUM_LEVELS))(
+        tune_keys_q, tune_xs
+    )
+    tune_keys = jax.random.split(jax.random.key(13), tune_xs.shape[0])
     keys = jax.random.split(jax.random.key(11), n)
     probes = jax.vmap(lambda k, y: ad.HutchinsonTrace().init(k, y)[0])(keys, ys)
     # ours draws the same probes from the same keys: its small 'err probe' column shows it.
@@ -296,8 +341,17 @@ def main():
             methods[name] = ours(
                 process, score, ys, keys, solver, ad.HutchinsonTrace(products=mode)
             )
+    for solver in (diffrax.Tsit5(), diffrax.Dopri5()):
+        name = f"diffrax {type(solver).__name__} tuned grid, JVP"
+        methods[name] = on_tuned_grid(
+            process, score, ys, keys, tune_ys, tune_keys, solver, ad.HutchinsonTrace()
+        )
 
     rows = work_precision(methods, args.tols, n, exact, same_probe)
+    for r in rows:
+        solver = r["method"].split()[1]
+        if "tuned grid" in r["method"]:
+            r["tuning_seconds"] = TUNING_SECONDS[r["tol"], solver]
     variance = estimator_variance(process, score, ys, keys, exact, args.variance_tol)
     comparison = equal_error(rows)
     out = pathlib.Path(args.out)

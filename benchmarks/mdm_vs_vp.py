@@ -107,8 +107,7 @@ MODELS = {
     # family's swept start or from a learned one.
     **{f"{name}_mixed": _mixed(name, FAMILY_GAMMA_MIN[name]) for name in _FAMILIES},
     **{
-        f"{name}_mixed_tlearned": _mixed(name, TLEARNED_START, _LEARNED_START)
-        for name in _FAMILIES
+        f"{name}_mixed_tlearned": _mixed(name, TLEARNED_START, _LEARNED_START) for name in _FAMILIES
     },
 }
 DATA = {

@@ -211,7 +211,19 @@ def test_cli_train_eval_sample(tmp_path, capsys):
             assert error["reference_tolerance"] == 1e-7 and error["budget"] > 0, error
         else:
             assert "solver_error" not in result
+    # On a fixed grid tuned to the checked examples' adaptive solves.
+    out = tmp_path / "grid.json"
+    args = ["eval", "--checkpoint", str(workdir), "--method", "ode", "--num-examples", "6"]
+    args += ["--grid", "--tolerance", "1e-4", "--solver-check", "4", "--out", str(out)]
+    assert train.main([*args, "--no-progress"]) == 0
+    error = json.loads(out.read_text())["solver_error"]
+    assert error["grid_steps"] > 0 and error["tolerance"] == 1e-4, error
     assert "95% CI" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*args, "--solver-check", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--solver-check > 0" in err and "Traceback" not in err
 
     png = tmp_path / "s.png"
     args = ["sample", "--checkpoint", str(workdir), "--num", "6", "--sampler", "ddim"]

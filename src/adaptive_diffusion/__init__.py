@@ -54,6 +54,7 @@ from ._likelihood import (
     dense_vlb as dense_vlb,
     ode_bits_per_dim as ode_bits_per_dim,
     ode_log_likelihood as ode_log_likelihood,
+    tuned_grid as tuned_grid,
 )
 from ._losses import (
     NELBO as NELBO,
@@ -200,6 +201,7 @@ __all__ = [
     "dense_vlb",
     "ode_bits_per_dim",
     "ode_log_likelihood",
+    "tuned_grid",
     "NELBO",
     "AbstractTimeSampler",
     "AntitheticTimes",

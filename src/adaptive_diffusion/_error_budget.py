@@ -29,7 +29,9 @@ class SolverError:
     **Fields:** `tolerance` (of the figure) and `reference_tolerance` (of the re-solve);
     `bias`, the mean over the checked examples of the figure less the re-solve's, and
     `stderr`, its standard error, in the figure's unit; `num_examples` checked; `budget`,
-    the largest $|\text{bias}| + 2\,\text{stderr}$ accepted.
+    the largest $|\text{bias}| + 2\,\text{stderr}$ accepted; `grid_steps`, the steps of
+    the fixed grid tuned at `tolerance` that the figure was solved on (`tuned_grid`), or
+    `None` for an adaptive solve at `tolerance`.
     """
 
     tolerance: float
@@ -38,6 +40,7 @@ class SolverError:
     stderr: float
     num_examples: int
     budget: float
+    grid_steps: int | None = None
 
     @property
     def within_budget(self) -> bool:
@@ -47,8 +50,11 @@ class SolverError:
 
     def __str__(self) -> str:
         verdict = "within" if self.within_budget else "OUTSIDE"
+        solve = f"tolerance {self.tolerance:.0e}"
+        if self.grid_steps is not None:
+            solve = f"a {self.grid_steps}-step grid tuned at {solve}"
         return (
-            f"solver error at tolerance {self.tolerance:.0e}: {self.bias:+.4f} +- "
+            f"solver error on {solve}: {self.bias:+.4f} +- "
             f"{self.stderr:.4f} against {self.reference_tolerance:.0e} on "
             f"{self.num_examples} examples, {verdict} the budget {self.budget:.4f}"
         )
@@ -90,14 +96,17 @@ def choose_tolerance(
     *,
     candidates: Sequence[float] = AUTO_TOLERANCES,
     reference_tolerance: float = 1e-7,
+    reference_figures: np.ndarray | None = None,
     bias_budget: float = 0.1,
 ) -> SolverError:
     r"""The loosest tolerance whose solver bias is within budget for a mean over
     `num_examples` examples.
 
     `figures(tol)` returns the per-example figures of the checked examples, solved at
-    `tol` with the same draws at every call. The reference is solved once; the
-    candidates, loosest first, until one passes. The interval's half-width is that of
+    `tol` with the same draws at every call. The reference is solved once,
+    `figures(reference_tolerance)` unless `reference_figures` gives it (say, from an
+    adaptive solve where `figures` solves on a grid tuned to `tol`); the candidates,
+    loosest first, until one passes. The interval's half-width is that of
     the mean over `num_examples` with the spread the candidate's figures show. If no
     candidate passes, the tightest is returned (`within_budget` False).
 
@@ -108,7 +117,7 @@ def choose_tolerance(
             f"reference_tolerance={reference_tolerance:g} must be tighter than every "
             f"tolerance tried ({', '.join(f'{t:g}' for t in candidates)})."
         )
-    reference = figures(reference_tolerance)
+    reference = figures(reference_tolerance) if reference_figures is None else reference_figures
     error = None
     for tol in sorted(candidates, reverse=True):
         trial = figures(tol)

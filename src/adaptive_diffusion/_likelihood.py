@@ -168,7 +168,7 @@ class HutchPlusPlusTrace(AbstractTraceEstimator):
     unbiased for every $S$ (since $\operatorname{tr}(P J (I - P)) = 0$), and of lower
     variance than $3k$ Hutchinson probes when a few directions carry most of $J$. The
     estimate depends on $Q$ only through $P$, so it is smooth along the solve wherever
-    $J S$ has full rank. On the digits MLP its variance times cost is 2-4 times
+    $J S$ has full rank. On the digits MLP its variance times cost is 2-3 times
     Hutchinson's (`benchmarks/likelihood_speed.py`): the flow's Jacobian there has no
     dominant directions. It pays where a few directions carry most of $J$.
 
@@ -290,6 +290,19 @@ class ODESolve(eqx.Module):
         """Solve from `t0` to `t1` (either direction), saving the end point only. Failures
         (`max_steps` reached, a step size underflow) are in the solution's `result`, not
         raised: no host callback inside the solve."""
+        return self._solve(vector_field, y0, t0, t1, args, diffrax.SaveAt(t1=True))
+
+    def step_ends(
+        self, vector_field: Callable, y0, t0: float | Scalar, t1: float | Scalar, args
+    ) -> Float[Array, " max_steps"]:
+        """The end times of the accepted steps of the same solve, in order, padded with
+        `inf` to `max_steps`: where the controller put its steps. No state is saved."""
+        saveat = diffrax.SaveAt(steps=True, fn=lambda t, y, args: jnp.zeros((), jnp.float32))
+        ts = self._solve(vector_field, y0, t0, t1, args, saveat).ts
+        assert ts is not None
+        return ts
+
+    def _solve(self, vector_field, y0, t0, t1, args, saveat: diffrax.SaveAt) -> diffrax.Solution:
         dt0 = None if self.dt0 is None else math.copysign(self.dt0, t1 - t0)
         return diffrax.diffeqsolve(
             diffrax.ODETerm(vector_field),
@@ -301,7 +314,7 @@ class ODESolve(eqx.Module):
             args=args,
             stepsize_controller=self.stepsize_controller,
             adjoint=self.adjoint,
-            saveat=diffrax.SaveAt(t1=True),
+            saveat=saveat,
             max_steps=self.max_steps,
             throw=False,
         )
@@ -312,12 +325,14 @@ class ODESolve(eqx.Module):
         iterations."""
         if isinstance(self.solver, diffrax.AbstractImplicitSolver):
             return jnp.full_like(num_steps, -1)
-        controller = self.stepsize_controller
+        controller, dt0 = self.stepsize_controller, self.dt0
+        # Evaluations per step depend on neither the tolerances nor the grid, which may be
+        # arrays (unhashable, or traced): count with a fixed controller of the same kind.
         if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
-            # Evaluations per step do not depend on the tolerances, which may be arrays
-            # (unhashable, or traced): count with fixed ones.
             controller = diffrax.PIDController(rtol=1e-3, atol=1e-3)
-        at_start, per_step = _evaluation_counts(self.solver, controller, self.dt0)
+        elif isinstance(controller, diffrax.StepTo):
+            controller, dt0 = diffrax.ConstantStepSize(), 1.0
+        at_start, per_step = _evaluation_counts(self.solver, controller, dt0)
         return at_start + per_step * num_steps
 
 
@@ -369,28 +384,9 @@ class ODELikelihood(eqx.Module):
         t1: float | Scalar = 1.0,
     ) -> LikelihoodResult:
         """$\\log p_{t_0}(u_0)$; arguments as `ode_log_likelihood`."""
-        require_capability(process, AbstractSDEProcess, "ode_log_likelihood")
-        score = as_score(score_fn)
-        estimator = self.trace
         with jax.default_matmul_precision("float32"):
-            diffused, constant = process.partition(u0)
-            probes = estimator.init(key, diffused)
-
-            def vector_field(t, y, args):
-                score, probes, constant = args
-
-                def flow(d):
-                    return score.probability_flow(process, process.combine(d, constant), t)
-
-                return estimator(flow, y[0], probes)
-
-            sol = self.solve(
-                vector_field,
-                (diffused, jnp.zeros((), diffused.dtype)),
-                t0,
-                t1,
-                (score, probes, constant),
-            )
+            vector_field, y0, args, constant = self._problem(process, score_fn, u0, key)
+            sol = self.solve(vector_field, y0, t0, t1, args)
             assert sol.ys is not None
             u1 = process.combine(sol.ys[0][-1], constant)
             log_prob = process.prior_log_prob(u1) + sol.ys[1][-1]
@@ -403,6 +399,93 @@ class ODELikelihood(eqx.Module):
             stats["num_rejected_steps"],
             sol.result,
         )
+
+    def step_ends(
+        self,
+        process: AbstractSDEProcess,
+        score_fn: Callable[[State, Time], Noise],
+        u0: State,
+        *,
+        key: PRNGKeyArray,
+        t0: float | Scalar = 0.0,
+        t1: float | Scalar = 1.0,
+    ) -> Float[Array, " max_steps"]:
+        """The end times of the accepted steps of the solve `__call__` makes, padded with
+        `inf` (`ODESolve.step_ends`); `tuned_grid` turns those of several examples into a
+        fixed grid."""
+        with jax.default_matmul_precision("float32"):
+            vector_field, y0, args, _ = self._problem(process, score_fn, u0, key)
+            return self.solve.step_ends(vector_field, y0, t0, t1, args)
+
+    def _problem(self, process, score_fn, u0, key):
+        """The augmented ODE of `u0`: its vector field, initial state, arguments, and the
+        part of the state that the process does not diffuse."""
+        require_capability(process, AbstractSDEProcess, "ode_log_likelihood")
+        score = as_score(score_fn)
+        estimator = self.trace
+        diffused, constant = process.partition(u0)
+        probes = estimator.init(key, diffused)
+
+        def vector_field(t, y, args):
+            score, probes, constant = args
+
+            def flow(d):
+                return score.probability_flow(process, process.combine(d, constant), t)
+
+            return estimator(flow, y[0], probes)
+
+        y0 = (diffused, jnp.zeros((), diffused.dtype))
+        return vector_field, y0, (score, probes, constant), constant
+
+
+def tuned_grid(
+    step_ends: Float[Array, "examples max_steps"],
+    t0: float | Scalar,
+    t1: float | Scalar,
+    num_steps: int | None = None,
+    resolution: int = 4096,
+) -> Float[Array, " num_steps_plus_one"]:
+    r"""A fixed time grid whose density of steps is the mean of adaptive solves'.
+
+    Each row of `step_ends` (`ODELikelihood.step_ends` of one example, `inf`-padded) gives
+    the step count $S_i(t)$, the number of accepted steps that end by $t$, interpolated
+    linearly between the step ends. The grid's points are where the mean $\bar S(t)$ over
+    the examples passes $k\, \bar S(t_1) / N$, $k = 0 .. N$: step sizes follow where the
+    controller needed small steps on average. A fixed grid then solves every example in
+    $N$ steps, with no rejected steps, no error estimate and, under `vmap`, no wait for
+    the slowest example; its accuracy is checked as any solve's is, with
+    `solver_error` against a tight adaptive solve (on the digits benchmark, Tsit5 on the
+    grid tuned at 1e-5 had the adaptive solve's error, 1.5 nats against 1.4, in 58% of
+    its time: `docs/benchmarks.md`).
+
+    **Arguments:**
+
+    - `step_ends`: the accepted steps' end times of each example, from `t0` towards `t1`.
+    - `t0`, `t1`: the span.
+    - `num_steps`: $N$; default the mean number of accepted steps, rounded (then the
+      function needs concrete values: call it outside `jit`).
+    - `resolution`: the points on which $\bar S$ is tabulated.
+
+    **Returns:** $N + 1$ times from exactly `t0` to exactly `t1`, for
+    `ODESolve(stepsize_controller=diffrax.StepTo(ts=grid))`.
+    """
+    fine = jnp.linspace(t0, t1, resolution)
+    # jnp.interp wants increasing abscissae: a backward solve's times are negated.
+    sign = jnp.where(jnp.asarray(t1) > jnp.asarray(t0), 1.0, -1.0)
+    start = jnp.asarray(t0, step_ends.dtype)[None]
+
+    def count(ends):
+        finite = jnp.isfinite(ends)
+        steps = jnp.concatenate([start, jnp.where(finite, ends, t1)])
+        index = jnp.concatenate([jnp.zeros(1), jnp.cumsum(finite)])
+        return jnp.interp(sign * fine, sign * steps, index)
+
+    mean_count = jnp.mean(jax.vmap(count)(step_ends), axis=0)
+    if num_steps is None:
+        num_steps = max(1, round(float(mean_count[-1])))
+    targets = jnp.linspace(0.0, mean_count[-1], num_steps + 1)
+    grid = jnp.interp(targets, mean_count, fine)
+    return grid.at[0].set(t0).at[-1].set(t1)
 
 
 def ode_log_likelihood(

@@ -17,6 +17,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from .._error_budget import SolverError, choose_tolerance, mean_interval, solver_error
+from .._likelihood import tuned_grid
 from .._sampling import sample_ancestral, sample_ddim, sample_ode, sample_sde
 from ..data import AbstractImageSource, levels_to_centres
 from ._model import DiffusionModel, Sampler
@@ -45,7 +46,7 @@ class BitsPerDim:
     `ci95`, the normal 95% confidence interval `mean +- 1.96 stderr`; `values`, the
     per-example figures; `solver_error`, for `"ode"` the `SolverError` of the figure
     (`None` when not checked); `seconds`, the wall time of the figure's pass over the
-    examples (compiling included).
+    examples (compiling included; the checks and a grid's tuning not).
     """
 
     method: str
@@ -93,6 +94,7 @@ def _per_example(
     num_steps: int,
     repeats: int,
     tolerance: Float[Array, ""],
+    grid: Float[Array, " points"] | None,
 ) -> Float[Array, " batch"]:
     keys = jax.random.split(key, xs.shape[0])
     if method in ("elbo", "denoising"):
@@ -103,7 +105,17 @@ def _per_example(
         return jnp.mean(jax.vmap(draw)(jax.random.split(key, repeats)), axis=0)
     if method == "vlb":
         return jax.vmap(lambda x, k: model.dense_vlb(x, key=k, num_steps=num_steps))(xs, keys)
-    return jax.vmap(lambda x, k: model.ode_bpd(x, key=k, tolerance=tolerance))(xs, keys)
+    return jax.vmap(lambda x, k: model.ode_bpd(x, key=k, tolerance=tolerance, grid=grid))(xs, keys)
+
+
+def _step_ends(
+    model: DiffusionModel,
+    xs: Float[Array, " batch *shape"],
+    key: PRNGKeyArray,
+    tolerance: Float[Array, ""],
+) -> Float[Array, "batch max_steps"]:
+    keys = jax.random.split(key, xs.shape[0])
+    return jax.vmap(lambda x, k: model.ode_step_ends(x, key=k, tolerance=tolerance))(xs, keys)
 
 
 def _global_batches(n: int, batch_size: int) -> list[np.ndarray]:
@@ -143,6 +155,7 @@ def evaluate(
     solver_check: int = 64,
     reference_tolerance: float = 1e-7,
     bias_budget: float = 0.1,
+    grid: bool = False,
     progress: bool = True,
 ) -> BitsPerDim:
     """Bits/dim of `model` on the first `num_examples` images of `source`, with its 95%
@@ -177,6 +190,10 @@ def evaluate(
     - `reference_tolerance`: the tighter tolerance of that check.
     - `bias_budget`: the accepted bias (plus two standard errors) as a fraction of the
       interval's half-width.
+    - `grid`: solve on a fixed grid instead: for each tolerance, `ad.tuned_grid` of the
+      adaptive solves of the checked examples at that tolerance (then every example
+      takes the same steps, none rejected; the check measures the grid's bias against
+      the adaptive reference as it does a tolerance's). Needs `solver_check > 0`.
     - `progress`: show a progress bar with examples/s and the running figure.
     """
     if method not in METHODS:
@@ -185,23 +202,30 @@ def evaluate(
     batch_size = _batch_size_for(mesh, min(batch_size, max(n, 1)))
     batches = _global_batches(n, batch_size)
     run = eqx.filter_jit(_per_example)
+    ends_of = eqx.filter_jit(_step_ends)
 
-    def pass_over(which: list[np.ndarray], tol: float, desc: str) -> np.ndarray:
+    def local(batch: np.ndarray) -> Array:
+        xs = levels_to_centres(source[_local_slice(batch)], source.num_levels)
+        return shard_batch(mesh, xs)
+
+    def pass_over(
+        which: list[np.ndarray], tol: float, points: Array | None, desc: str
+    ) -> np.ndarray:
         """The per-example figures of the batches `which` (the i-th batch keyed by i, so
         a batch gets the same draws in every pass)."""
         total = min(n, len(which) * batch_size)
         bar = tqdm(total=total, desc=desc, unit="ex", disable=not progress)
         values = []
         for i, batch in enumerate(which):
-            xs = levels_to_centres(source[_local_slice(batch)], source.num_levels)
             out = run(
                 model,
-                shard_batch(mesh, xs),
+                local(batch),
                 jax.random.fold_in(key, i),
                 method,
                 num_steps,
                 repeats,
                 jnp.asarray(tol, jnp.float32),
+                points,
             )
             values.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
             done = np.concatenate(values)[:total]
@@ -211,12 +235,32 @@ def evaluate(
         return np.concatenate(values)[:total] if values else np.zeros(0)
 
     checked = batches[: math.ceil(min(solver_check, n) / batch_size)] if method == "ode" else []
-    checks: dict[float, np.ndarray] = {}
+    if grid and not checked:
+        raise ValueError(
+            "grid=True tunes its grid on the solver check's examples: pass "
+            "solver_check > 0 and method='ode'."
+        )
+    checks: dict[tuple[float, bool], np.ndarray] = {}
+    grids: dict[float, Array] = {}
 
-    def check(tol: float) -> np.ndarray:
-        if tol not in checks:
-            checks[tol] = pass_over(checked, tol, f"check at {tol:.0e}")
-        return checks[tol]
+    def grid_for(tol: float) -> Array:
+        """The fixed grid tuned to the checked examples' adaptive solves at `tol`."""
+        if tol not in grids:
+            ends = [
+                multihost_utils.process_allgather(
+                    ends_of(model, local(batch), jax.random.fold_in(key, i), jnp.float32(tol)),
+                    tiled=True,
+                )
+                for i, batch in enumerate(checked)
+            ]
+            grids[tol] = tuned_grid(jnp.concatenate(ends), model.process.t_min, 1.0)
+        return grids[tol]
+
+    def check(tol: float, on_grid: bool = grid) -> np.ndarray:
+        if (tol, on_grid) not in checks:
+            points = grid_for(tol) if on_grid else None
+            checks[tol, on_grid] = pass_over(checked, tol, points, f"check at {tol:.0e}")
+        return checks[tol, on_grid]
 
     if tolerance != "auto" and checked and not reference_tolerance < tolerance:
         raise ValueError(
@@ -233,24 +277,28 @@ def evaluate(
             check,
             n,
             reference_tolerance=reference_tolerance,
+            reference_figures=check(reference_tolerance, on_grid=False),
             bias_budget=bias_budget,
         ).tolerance
     else:
         chosen = tolerance
+    points = grid_for(chosen) if grid else None
     start = time.perf_counter()
-    per_example = pass_over(batches, chosen, f"eval {method}")
+    per_example = pass_over(batches, chosen, points, f"eval {method}")
     seconds = time.perf_counter() - start
     mean, stderr, half_width = mean_interval(per_example)
     error = None
     if checked:
         error = solver_error(
             per_example,
-            check(reference_tolerance),
+            check(reference_tolerance, on_grid=False),
             tolerance=chosen,
             reference_tolerance=reference_tolerance,
             half_width=half_width,
             bias_budget=bias_budget,
         )
+        if points is not None:
+            error = dataclasses.replace(error, grid_steps=len(points) - 1)
     interval = (mean - half_width, mean + half_width)
     return BitsPerDim(method, mean, stderr, interval, per_example, error, seconds)
 

@@ -186,13 +186,15 @@ class DiffusionModel(eqx.Module):
         *,
         key: PRNGKeyArray,
         tolerance: float | Float[Array, ""] = 1e-5,
+        grid: Float[Array, " points"] | None = None,
     ) -> Float[Array, ""]:
         """The probability-flow ODE bound on $-\\log_2 P(x) / D$ of one example:
         `ode_samples` draws of the dequantisation (and of any auxiliary state), Tsit5 at
         `rtol = atol = tolerance` (an array is fine: one compiled solve serves every
-        tolerance). One draw takes one Hutchinson probe per solve; several are
-        importance-weighted, which needs the exact trace (`ad.ode_bits_per_dim` says why),
-        at the cost of one Jacobian-vector product per dimension of the state."""
+        tolerance) or, given a `grid` (`ode_grid`), fixed steps between its times. One
+        draw takes one Hutchinson probe per solve; several are importance-weighted, which
+        needs the exact trace (`ad.ode_bits_per_dim` says why), at the cost of one
+        Jacobian-vector product per dimension of the state."""
         process = require_capability(self.process, AbstractSDEProcess, "The ODE bound")
         return ode_bits_per_dim(
             process,
@@ -203,10 +205,36 @@ class DiffusionModel(eqx.Module):
             dequantization=self.dequantization,
             num_samples=self.ode_samples,
             importance_weighted=self.ode_samples > 1,
-            likelihood=ODELikelihood(
-                ODESolve(stepsize_controller=diffrax.PIDController(rtol=tolerance, atol=tolerance)),
-                ExactTrace() if self.ode_samples > 1 else HutchinsonTrace(),
-            ),
+            likelihood=self._ode_likelihood(tolerance, grid),
+        )
+
+    def ode_step_ends(
+        self, x: Float[Array, " *shape"], *, key: PRNGKeyArray, tolerance: float | Float[Array, ""]
+    ) -> Float[Array, " max_steps"]:
+        """Where the adaptive solve of `ode_bpd` at `tolerance` ends its accepted steps,
+        for one draw of the dequantisation of `x` (`ad.ODELikelihood.step_ends`);
+        `ad.tuned_grid` of several examples' is a `grid` for `ode_bpd`."""
+        process = require_capability(self.process, AbstractSDEProcess, "The ODE bound")
+        key_q, key_ode = jax.random.split(key)
+        u, _ = self.dequantization(process, key_q, x, self.num_levels)
+        return self._ode_likelihood(tolerance, None).step_ends(
+            process,
+            score_fn(process, self.model(), self.parameterization),
+            u,
+            key=key_ode,
+            t0=process.t_min,
+        )
+
+    def _ode_likelihood(
+        self, tolerance: float | Float[Array, ""], grid: Float[Array, " points"] | None
+    ) -> ODELikelihood:
+        if grid is None:
+            controller = diffrax.PIDController(rtol=tolerance, atol=tolerance)
+        else:
+            controller = diffrax.StepTo(ts=grid)
+        return ODELikelihood(
+            ODESolve(stepsize_controller=controller),
+            ExactTrace() if self.ode_samples > 1 else HutchinsonTrace(),
         )
 
     def sample(
