@@ -19,8 +19,9 @@ $(DOCS_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	touch $(DOCS_STAMP)
 
-# The suite without the end-to-end runs marked slow (CLI jobs, crash and resume, two
-# hosts); CI runs those too, by test-slow.
+# The suite without the tests marked slow (over ~17 s each on 2 CPU cores: CLI jobs, crash
+# and resume, two hosts, the heaviest checks), under 10 minutes; CI runs those too, by
+# test-slow.
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/pyright src

@@ -4,10 +4,12 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import pytest
 
 import adaptive_diffusion as ad
 
 
+@pytest.mark.slow
 def test_design_contract_calls():
     key = jax.random.key(0)
     schedules = [
@@ -58,6 +60,7 @@ def test_design_contract_calls():
         assert jnp.isfinite(exact.log_prob)
 
 
+@pytest.mark.slow
 def test_design_contract_nonisotropic():
     key = jax.random.key(0)
     c, h, w = 3, 4, 4

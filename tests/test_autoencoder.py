@@ -12,6 +12,7 @@ from adaptive_diffusion import nn, train
 from adaptive_diffusion.data import DigitsSource, levels_to_centres
 
 
+@pytest.mark.slow
 def test_autoencoder_shapes_and_errors():
     ae = nn.Autoencoder((3, 8, 6), key=jax.random.key(0), latent_channels=4, channels=8)
     x = jnp.zeros((3, 8, 6))

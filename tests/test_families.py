@@ -71,7 +71,14 @@ SAMPLERS = {
 }
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+# Over 45 s each on 2 CPU cores: run by `make test-slow`; the other families stay quick.
+SLOW_FAMILIES = ("VP", "NonIsotropicVP", "NonIsotropicVE", "MuLAN", "CLD")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_FAMILIES else n for n in FAMILIES],
+)
 def test_every_core_function_on_every_family(name):
     process = FAMILIES[name]
     # The mixture lives on the diffused part of the state (the data, or an MDM's joint

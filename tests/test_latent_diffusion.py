@@ -23,6 +23,7 @@ def _net(h, t):
     return 0.3 * jnp.tanh(h) * (1.0 - t)
 
 
+@pytest.mark.slow
 def test_latent_diffusion_is_its_process_on_the_latents():
     ae = _autoencoder()
     inner = ad.DDPM(ad.linear_betas(50), noise=ad.LaplaceNoise())

@@ -103,6 +103,7 @@ def test_hutch_plus_plus_is_unbiased_and_exact_at_full_rank(getkey):
     np.testing.assert_allclose(full, exact, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_nfe_is_the_real_count(getkey):
     process = _processes()["VP"]
     data = random_mixture(getkey(), (2,))
@@ -141,6 +142,7 @@ def test_nfe_is_the_real_count(getkey):
     assert int(implicit.nfe) == -1 and bool(implicit.succeeded)
 
 
+@pytest.mark.slow
 def test_tuned_grid_keeps_the_adaptive_accuracy(getkey):
     """A fixed grid tuned to adaptive solves at 1e-5 (exact trace): every example within
     the issue's 1e-3 nats of the analytic density, each in the grid's steps."""
@@ -203,6 +205,7 @@ def test_full_precision_whatever_the_default(getkey):
     assert "HIGHEST" in text
 
 
+@pytest.mark.slow
 def test_bits_per_dim_offset_and_bound(getkey):
     # A single wide Gaussian as the density: the exact probability of a bin is a 2-D
     # integral we can take by quadrature, which checks the dequantisation and its offset.
@@ -302,6 +305,7 @@ def test_importance_weighting_refuses_a_random_trace():
     assert np.isfinite(bound(num_samples=2, importance_weighted=False))
 
 
+@pytest.mark.slow
 def test_chosen_tolerance_keeps_the_solver_bias_within_budget(getkey):
     """The chooser and the solver-error estimate against the analytic density: the mean
     of -log p over 64 mixture points (exact trace: the solver's error alone), as if

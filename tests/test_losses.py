@@ -67,6 +67,7 @@ def test_bound_holds_for_the_optimal_denoiser(getkey):
     )
 
 
+@pytest.mark.slow
 def test_dense_vlb_approaches_the_continuous_bound(getkey):
     points, log_probs = _discrete_data()
     process = ad.VP(ad.LinearSchedule())
@@ -95,6 +96,7 @@ def test_dense_vlb_approaches_the_continuous_bound(getkey):
     assert abs(gaps[-1]) < 4 * cont_se + 1e-3
 
 
+@pytest.mark.slow
 def test_schedule_invariance_of_the_continuous_loss(getkey):
     # VDM eq. 18: L_infinity depends on the schedule only through its endpoints.
     points, log_probs = _discrete_data()

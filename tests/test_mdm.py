@@ -170,6 +170,7 @@ def test_vp_is_the_case_without_auxiliary_variables():
         np.testing.assert_array_equal(ours.auxiliary, 0.0)
 
 
+@pytest.mark.slow
 def test_joint_ode_likelihood_of_a_learned_mdm():
     # Gaussian-mixture data over the joint (x, v) have the analytic marginal of their
     # components through transition(t); with the exact score the ODE's log p_0 is within
@@ -199,6 +200,7 @@ def _with_aux_init(process, coef, variance):
     return eqx.tree_at(lambda p: p.aux_params, process, params)
 
 
+@pytest.mark.slow
 def test_bound_holds_for_the_optimal_score(getkey):
     # P over the 4 x 4 bins of [-1, 1]^2; u_0 = (x, v_0) with v_0 ~ q(v_0 | x) = N(c x, s^2):
     # a mixture over the joint state whose marginals (and exact score) the helpers compute.

@@ -174,6 +174,7 @@ def _centres(source):
     return levels_to_centres(source.images, source.num_levels)
 
 
+@pytest.mark.slow
 def test_classifier_features_train_cache_and_separate(digits, tmp_path):
     """300 steps already classify held-out digits well; the cache returns the same
     weights without retraining, a second training elsewhere gives the same weights

@@ -178,6 +178,7 @@ def test_condition_differs_across_latents_and_pixels(getkey):
     assert eqx.filter_eval_shape(default.posterior_params, x).shape == (50,)
 
 
+@pytest.mark.slow
 def test_the_state_carries_the_schedule_of_its_latent(getkey, monkeypatch):
     # The state holds gamma(z, .) evaluated once; a hand-built LatentState(x, z) without it
     # recomputes it at each use: the same bound and the same gradients, to rounding.
@@ -390,6 +391,7 @@ def test_truncated_normal_dequantization(getkey):
         ad.TruncatedNormalDequantization(gamma=-10.0)(process, getkey(), x, 256)
 
 
+@pytest.mark.slow
 def test_arc_length_times_are_unbiased(getkey):
     shape = (1, 4, 4)
     x = jnp.zeros(shape)
@@ -584,6 +586,7 @@ class JaxGammaPerturbation(ad.SumOfGammaPerturbation):
         return self.combine(jax.random.gamma(key, 1.0 / k, (self.num_terms, *shape)), k)
 
 
+@pytest.mark.slow
 def test_bound_equals_the_recorded_numbers():
     shape = (1, 4, 4)
     weights = jax.random.normal(jax.random.key(1), (16, 32)) / 6

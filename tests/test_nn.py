@@ -221,6 +221,7 @@ def test_unet_structure(unet):
     assert model.conv_in.weight.shape == (8, 3 * (1 + 2 * 2), 3, 3)
 
 
+@pytest.mark.slow
 def test_unet_unrolled_equals_scanned():
     # The two ways of running the repeated blocks compute the same function: outputs with
     # dropout on and gradients agree to float tolerance, from the same weights and keys.

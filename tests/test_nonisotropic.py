@@ -127,6 +127,7 @@ def _white_mixture(data, w):
     return GaussianMixture(data.log_weights, data.means @ w.T, covs, data.shape)
 
 
+@pytest.mark.slow
 def test_ode_likelihood_and_whitening_identity(getkey):
     # gamma_max = 20: the prior matches p_1 to alpha_1 = 4.5e-5 (see test_likelihood.py).
     shape = (1, 2, 2)
@@ -161,6 +162,7 @@ def test_ode_likelihood_and_whitening_identity(getkey):
 NUM_LEVELS = 4
 
 
+@pytest.mark.slow
 def test_bound_holds_for_the_optimal_denoiser(getkey):
     # A distribution P over the 4 x 4 bins of [-1, 1]^2 as (1, 1, 2) images, and a covariance
     # with Sigma = [[1, 0.5], [0.5, 1]]: E_P[NELBO] >= H(P), nearly tight for the denoiser
@@ -259,6 +261,7 @@ def _samplers(cov):
     }
 
 
+@pytest.mark.slow
 def test_samplers_reproduce_mean_and_covariance(getkey):
     shape = (1, 2, 2)
     samplers = _samplers(ad.GFFCovariance(shape, power=1.0))

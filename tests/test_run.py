@@ -177,6 +177,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_config_mismatch_is_refused(tmp
 # ------------------------------------------------------------------------ command line
 
 
+@pytest.mark.slow
 def test_cli_train_eval_sample(tmp_path, capsys):
     config = _write_config(tmp_path / "tiny.yaml")
     workdir = tmp_path / "run"
@@ -277,6 +278,7 @@ def test_shipped_configs_load():
     assert (optimizer.lr, optimizer.b2, optimizer.ema_decay) == (2e-4, 0.99, 0.9999)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["digits_mulan", "patches", "patches_mulan"])
 def test_shipped_mulan_and_patches_configs_train(name, tmp_path):
     # The shipped settings (process, latent, endpoints, Fourier features, network), a few
@@ -397,6 +399,7 @@ def test_build_model_nonisotropic_and_errors():
         )
 
 
+@pytest.mark.slow
 def test_build_model_mulan_options_and_errors():
     import adaptive_diffusion as ad
 
@@ -544,6 +547,7 @@ def test_mdm_configs_build_every_diffusion():
             build(*wrong)
 
 
+@pytest.mark.slow
 def test_mulan_without_latent_is_the_vp_model():
     # MuLAN with the latent off and VDM's linear schedule, around a network that reads only
     # the noisy image, gives VP's bound bit for bit through the one model class: the
@@ -599,6 +603,7 @@ def test_cli_mulan_run_writes_the_snr_figure(tmp_path):
         assert image.size[0] > image.size[1]  # six columns, one per test image
 
 
+@pytest.mark.slow
 def test_build_model_ddpm_families_and_errors():
     # kind=ddpm: every noise family of the registry with its shape, DDPM's uniform steps,
     # the denoising objective by capability (no bound), and refusals naming the fix.

@@ -231,6 +231,7 @@ _SHARDED_STEP = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_step_matches_single_device():
     env = dict(os.environ)
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
@@ -341,6 +342,7 @@ def test_mesh_and_shard_batch_errors():
 # ------------------------------------------------------------------- compiler options
 
 
+@pytest.mark.slow
 def test_train_step_compiler_options(getkey, monkeypatch):
     # On CPU the step asks XLA for its own convolution kernels instead of YNNPACK's (a
     # speed choice, `benchmarks/train_step.py`); XLA_FLAGS setting the same option wins,

@@ -18,6 +18,7 @@ from ._checkpoint import (
 from ._cli import SHIPPED_CONFIGS as SHIPPED_CONFIGS, config_path as config_path, main as main
 from ._config import (
     Config as Config,
+    ConfigError as ConfigError,
     DataConfig as DataConfig,
     EvalConfig as EvalConfig,
     MeshConfig as MeshConfig,
@@ -85,6 +86,7 @@ __all__ = [
     "RESUMABLE_KEYS",
     "Checkpointer",
     "ConfigMismatchError",
+    "ConfigError",
     "SHIPPED_CONFIGS",
     "config_path",
     "main",

@@ -77,6 +77,10 @@ def _check_finite(state: TrainState) -> None:
         )
 
 
+def _failure(step: int, error: Exception) -> str:
+    return f"step {step}: {type(error).__name__}: {str(error)[:300]}"
+
+
 class Checkpointer:
     """Saves and restores a run's checkpoints in `directory`.
 
@@ -123,6 +127,27 @@ class Checkpointer:
         )
         return Config.from_dict(restored["config"])
 
+    def latest_config(self) -> Config:
+        """The config stored with the latest checkpoint whose config can be read (corrupt
+        ones skipped, as `restore` skips them).
+
+        **Raises:** `FileNotFoundError` if there is none.
+        """
+        failures = []
+        for step in reversed(self.steps()):
+            try:
+                return self.stored_config(step)
+            except Exception as error:  # orbax and tensorstore raise many kinds
+                failures.append(_failure(step, error))
+        raise FileNotFoundError(self._none_readable(failures))
+
+    def _none_readable(self, failures: list[str]) -> str:
+        reasons = f" ({'; '.join(failures)})" if failures else ""
+        return (
+            f"No readable checkpoint in {self.manager.directory}{reasons}. Train again, or "
+            "restore the folder from a copy."
+        )
+
     def check_config(self, step: int) -> None:
         """Raise `ConfigMismatchError` if this run's config differs from the stored one in
         a key outside `RESUMABLE_KEYS`, naming each such key and both values."""
@@ -165,7 +190,7 @@ class Checkpointer:
             except ConfigMismatchError:
                 raise
             except Exception as error:  # orbax and tensorstore raise many kinds
-                failures.append(f"step {step}: {type(error).__name__}: {error}")
+                failures.append(_failure(step, error))
                 warnings.warn(
                     f"Checkpoint at step {step} in {self.manager.directory} could not be "
                     f"read ({type(error).__name__}: {str(error)[:300]}); falling back to the "
@@ -174,10 +199,7 @@ class Checkpointer:
                 )
                 continue
             return eqx.combine(_from_storable(restored["state"], arrays), static)
-        raise FileNotFoundError(
-            f"No readable checkpoint in {self.manager.directory}"
-            + (": " + "; ".join(failures) if failures else ".")
-        )
+        raise FileNotFoundError(self._none_readable(failures))
 
     def close(self) -> None:
         """Wait for the asynchronous writes to finish and release the manager."""

@@ -27,7 +27,7 @@ from .._processes import CapabilityError
 from ..data import DataError
 from ._autoencoder import fit_autoencoder
 from ._checkpoint import Checkpointer, ConfigMismatchError
-from ._config import Config
+from ._config import Config, ConfigError
 from ._evaluate import METHODS, SAMPLERS, evaluate, generate
 from ._plots import save_image_grid
 from ._quality import QUALITY_METHODS, cached_samples, sample_quality
@@ -48,10 +48,6 @@ SHIPPED_CONFIGS = (
     "cifar10_mulan",
     "imagenet32",
 )
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be read."""
 
 
 def config_path(name: str) -> pathlib.Path:
@@ -124,8 +120,10 @@ def load_run(checkpoint: str, raw: bool, overrides: Sequence[str] = ()):
     if not steps:
         probe.close()
         raise FileNotFoundError(f"{directory / 'checkpoints'} holds no checkpoint yet.")
-    config = probe.stored_config(steps[-1]).with_overrides(overrides)
-    probe.close()
+    try:
+        config = probe.latest_config().with_overrides(overrides)
+    finally:
+        probe.close()
     run = setup(config, directory)
     state = run.checkpointer.restore(run.state)
     run.checkpointer.close()
@@ -163,7 +161,10 @@ def _read_config(args: argparse.Namespace) -> tuple[pathlib.Path, Config]:
     try:
         return path, Config.from_yaml(path).with_overrides(args.overrides)
     except ValueError as error:
-        raise ConfigError(f"{path}: {error}") from None
+        message = str(error)
+        raise ConfigError(
+            message if message.startswith(str(path)) else f"{path}: {message}"
+        ) from None
 
 
 def _write_json(path: str | None, result: dict) -> None:

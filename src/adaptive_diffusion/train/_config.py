@@ -12,7 +12,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Union
 
 import yaml
@@ -296,19 +296,12 @@ class Config:
     max_consecutive_nonfinite: int = 10
 
     def __post_init__(self):
-        intervals = ("log_every", "eval_every", "checkpoint_every")
-        for name in ("batch_size", "steps", "max_to_keep", *intervals):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-        if self.eval.ode_samples < 1:
-            raise ValueError(f"eval.ode_samples must be positive, got {self.eval.ode_samples}.")
-        if self.max_consecutive_nonfinite < 0:
-            raise ValueError(
-                f"max_consecutive_nonfinite must be >= 0, got {self.max_consecutive_nonfinite}."
-            )
-        if not 0.0 <= self.optimizer.ema_decay <= 1.0:
-            decay = self.optimizer.ema_decay
-            raise ValueError(f"optimizer.ema_decay must be in [0, 1], got {decay}.")
+        for name, valid, expected in _RANGES:
+            value = self
+            for part in name.split("."):
+                value = getattr(value, part)
+            if not valid(value):
+                raise ValueError(f"{name} must be {expected}, got {value}.")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Config":
@@ -332,7 +325,11 @@ class Config:
         - `path`: the YAML file.
         """
         with open(path) as f:
-            data = yaml.safe_load(f)
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                problem = " ".join(str(e).split())
+                raise ValueError(f"{path} is not valid YAML: {problem}") from None
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
@@ -390,6 +387,41 @@ class Config:
                 else:
                     node[part] = _parse(text.strip(), tp, dotted)
         return self.from_dict(data)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be read or run: an unknown key, a value out of range, a
+    setting the devices cannot meet. The message names the setting and the fix."""
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    *((name, _positive, "positive") for name in ("batch_size", "steps", "max_to_keep")),
+    *((name, _positive, "positive") for name in ("log_every", "eval_every", "checkpoint_every")),
+    ("max_consecutive_nonfinite", lambda v: v >= 0, ">= 0"),
+    ("optimizer.lr", _positive, "positive"),
+    ("optimizer.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optimizer.clip_norm", _positive, "positive"),
+    ("optimizer.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.ema_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("network.width", _positive, "positive"),
+    ("network.depth", _positive, "positive"),
+    ("network.channels", _positive, "positive"),
+    ("network.n_layers", _positive, "positive"),
+    ("network.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data.num_levels", lambda v: v >= 2, ">= 2"),
+    ("data.patch_size", _positive, "positive"),
+    ("eval.examples", _positive, "positive"),
+    ("eval.num_samples", _positive, "positive"),
+    ("eval.sample_steps", _positive, "positive"),
+    ("eval.ode_samples", _positive, "positive"),
+)
+"""The range of every numeric setting that has one: (dotted name, test, what it must be)."""
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:

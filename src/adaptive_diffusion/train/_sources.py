@@ -11,7 +11,7 @@ from ..data import (
     ImageNet32Source,
     SampleImagePatchesSource,
 )
-from ._config import DataConfig
+from ._config import ConfigError, DataConfig
 
 
 def make_source(config: DataConfig, split: Literal["train", "test"]) -> AbstractImageSource:
@@ -25,7 +25,7 @@ def make_source(config: DataConfig, split: Literal["train", "test"]) -> Abstract
     - `config`: the data section of a run's config.
     - `split`: `"train"` or `"test"`.
 
-    **Raises:** `ValueError` when a path the source needs is not set.
+    **Raises:** `ConfigError` when a path the source needs is not set.
     """
     if config.source == "digits":
         return DigitsSource(split)
@@ -38,7 +38,7 @@ def make_source(config: DataConfig, split: Literal["train", "test"]) -> Abstract
     )
     if path is None:
         key = "data.path" if split == "train" else "data.test_path"
-        raise ValueError(
+        raise ConfigError(
             f"data.source={config.source!r} needs {key} for its {split} split; set it in the "
             f"config or with --set {key}=...."
         )

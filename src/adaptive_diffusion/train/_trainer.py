@@ -11,6 +11,7 @@
   per-pixel SNR curves of a few test images) for a schedule that depends on the example.
 """
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..data import AbstractImageSource, image_pipeline, levels_to_centres
 from ._checkpoint import Checkpointer
-from ._config import Config
+from ._config import Config, ConfigError
 from ._evaluate import evaluate, generate
 from ._metrics import MetricsWriter
 from ._model import DiffusionModel, build_model
@@ -84,7 +85,7 @@ def setup(config: Config, workdir: str | os.PathLike, *, load_test: bool = True)
     workdir = pathlib.Path(workdir)
     train_source = make_source(config.data, "train")
     test_source = make_source(config.data, "test") if load_test else train_source
-    mesh = make_mesh(config.mesh.data)
+    mesh = _mesh_for(config)
     key_model, key_state = jax.random.split(jax.random.key(config.seed))
     model = build_model(config, train_source.shape, train_source.num_levels, key=key_model)
     optimizer = make_optimizer(config.optimizer, config.steps)
@@ -93,6 +94,25 @@ def setup(config: Config, workdir: str | os.PathLike, *, load_test: bool = True)
     return Run(
         config, mesh, train_source, test_source, replicate(mesh, state), checkpointer, optimizer
     )
+
+
+def _mesh_for(config: Config) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh`, refused with the fix where the devices cannot run it."""
+    available = jax.device_count()
+    size = available if config.mesh.data == -1 else config.mesh.data
+    if not 1 <= size <= available:
+        raise ConfigError(
+            f"mesh.data={config.mesh.data}, but this run has {available} device(s); use -1 "
+            f"(all of them) or a number from 1 to {available}."
+        )
+    if config.batch_size % size:
+        multiple = size * -(-config.batch_size // size)
+        raise ConfigError(
+            f"batch_size={config.batch_size} does not split over the {size} devices of the "
+            f"mesh; use a multiple of {size} (--set batch_size={multiple}) or fewer devices "
+            "(--set mesh.data=...)."
+        )
+    return make_mesh(size)
 
 
 def eval_model(state: TrainState) -> DiffusionModel:
@@ -157,6 +177,16 @@ def write_pictures(
     return paths
 
 
+def _remove_empty_folders(root: pathlib.Path) -> None:
+    """Remove `root` and the folders under it that hold no file; never a file."""
+    for folder in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir():
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()
+
+
 def train(
     config: Config,
     workdir: str | os.PathLike,
@@ -183,8 +213,14 @@ def train(
     non-finite steps in a row; the last checkpoint stays the last finite one).
     """
     workdir = pathlib.Path(workdir)
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
-    run = setup(config, workdir)
+    try:
+        run = setup(config, workdir)
+    except BaseException:
+        if created:  # a run that never started leaves no folder behind
+            _remove_empty_folders(workdir)
+        raise
     state, checkpointer = run.state, run.checkpointer
     iterator = iter(
         image_pipeline(
