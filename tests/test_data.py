@@ -16,6 +16,7 @@ from adaptive_diffusion.data import (
     ImageFolderSource,
     ImageNet32Source,
     SampleImagePatchesSource,
+    batch_pipeline,
     image_pipeline,
     levels_to_centres,
 )
@@ -411,6 +412,17 @@ def test_pipeline_hosts_split_the_global_batch(indexed, num_epochs):
         image_pipeline(indexed, global_batch_size=6, process_index=0, process_count=4)
     with pytest.raises(ValueError, match="process_index must lie in"):
         image_pipeline(indexed, global_batch_size=6, process_index=3, process_count=3)
+
+
+def test_batch_pipeline_streams_the_given_batches_split_over_hosts(indexed):
+    batches = [np.array([5, 0, 3, 3]), np.array([1, 2, 9, 0])]
+    single = [_ids(b) for b in batch_pipeline(indexed, batches)]
+    np.testing.assert_array_equal(np.stack(single), np.stack(batches))
+    for p in range(2):
+        host = [_ids(b) for b in batch_pipeline(indexed, batches, process_index=p, process_count=2)]
+        np.testing.assert_array_equal(np.stack(host), np.stack(batches)[:, 2 * p : 2 * p + 2])
+    with pytest.raises(ValueError, match="split equally over the 3 processes"):
+        batch_pipeline(indexed, batches, process_index=0, process_count=3)
 
 
 def test_pipeline_flip(indexed):

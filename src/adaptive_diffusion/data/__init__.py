@@ -8,6 +8,7 @@ from ._folder import ImageFolderSource as ImageFolderSource
 from ._imagenet import ImageNet32Source as ImageNet32Source
 from ._patches import SampleImagePatchesSource as SampleImagePatchesSource
 from ._pipeline import (
+    batch_pipeline as batch_pipeline,
     image_pipeline as image_pipeline,
     levels_to_centres as levels_to_centres,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "ImageFolderSource",
     "ImageNet32Source",
     "SampleImagePatchesSource",
+    "batch_pipeline",
     "image_pipeline",
     "levels_to_centres",
 ]

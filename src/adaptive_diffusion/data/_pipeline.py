@@ -1,6 +1,7 @@
 r"""The grain input pipeline: shuffled, sharded per host, batched, mapped to $[-1, 1]$."""
 
 import functools
+from collections.abc import Sequence
 
 import equinox as eqx
 import grain
@@ -216,3 +217,46 @@ def image_pipeline(
             flags.FLAGS.mark_as_parsed()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iter_ds
+
+
+def batch_pipeline(
+    source: AbstractImageSource,
+    batches: Sequence[Int[np.ndarray, " global"]],
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    read_threads: int = 1,
+    prefetch_batches: int = 4,
+) -> grain.IterDataset:
+    r"""This host's share of given global batches of `source`, in order, as float32 bin
+    centres `(B / P, C, H, W)`, read ahead by grain's threads.
+
+    The held-out counterpart of `image_pipeline`: the caller chooses the batches (say,
+    the first $n$ examples in order, the last batch padded to a full one, as
+    `train.evaluate` does), and each is loaded as `image_pipeline` loads its own (host $p$
+    of $P$ takes block $p$ of every global batch, whose size $B$ must be divisible by
+    $P$), while the device works on the one before.
+
+    **Arguments:**
+
+    - `source`: the images.
+    - `batches`: global batches of source indices.
+    - `process_index`, `process_count`, `read_threads`, `prefetch_batches`: as
+      `image_pipeline`.
+
+    **Returns:** a `grain.IterDataset` with one array per batch.
+    """
+    process_count = jax.process_count() if process_count is None else process_count
+    process_index = jax.process_index() if process_index is None else process_index
+    if any(len(batch) % process_count for batch in batches):
+        raise ValueError(
+            f"Every global batch must split equally over the {process_count} processes; "
+            f"got sizes {sorted({len(batch) for batch in batches})}."
+        )
+    ds = grain.MapDataset.source(list(batches)).map(
+        _LoadBatch(source, process_index, process_count)
+    )
+    read_options = grain.ReadOptions(
+        num_threads=read_threads, prefetch_buffer_size=prefetch_batches
+    )
+    return ds.to_iter_dataset(read_options)

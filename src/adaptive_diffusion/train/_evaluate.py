@@ -4,7 +4,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal, get_args
 
 import equinox as eqx
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .._error_budget import SolverError, choose_tolerance, mean_interval, solver_error
 from .._likelihood import tuned_grid
 from .._sampling import sample_ancestral, sample_ddim, sample_ode, sample_sde
-from ..data import AbstractImageSource, levels_to_centres
+from ..data import AbstractImageSource, batch_pipeline
 from ._model import DiffusionModel, Sampler
 from ._step import shard_batch
 
@@ -174,7 +174,9 @@ def evaluate(
 
     - `model`: the trained model (usually its EMA).
     - `source`: the held-out images; every host holds all of them and evaluates its
-      share of each batch, which is split over the mesh's `"data"` axis.
+      share of each batch, which is split over the mesh's `"data"` axis. The batches
+      are streamed by `data.batch_pipeline`: grain reads the next while the devices
+      work on this one.
     - `method`: `"elbo"` (the continuous-time bound, averaged over `repeats` draws of
       time and noise per example), `"vlb"` (the `num_steps`-step bound with every step
       evaluated), `"ode"` (the probability-flow ODE bound), each in bits/dim and each
@@ -204,9 +206,10 @@ def evaluate(
     run = eqx.filter_jit(_per_example)
     ends_of = eqx.filter_jit(_step_ends)
 
-    def local(batch: np.ndarray) -> Array:
-        xs = levels_to_centres(source[_local_slice(batch)], source.num_levels)
-        return shard_batch(mesh, xs)
+    def stream(which: list[np.ndarray]) -> Iterator[Array]:
+        """This host's share of the batches `which`, read ahead by grain's threads, on
+        the mesh."""
+        return (shard_batch(mesh, xs) for xs in batch_pipeline(source, which))
 
     def pass_over(
         which: list[np.ndarray], tol: float, points: Array | None, desc: str
@@ -216,10 +219,10 @@ def evaluate(
         total = min(n, len(which) * batch_size)
         bar = tqdm(total=total, desc=desc, unit="ex", disable=not progress)
         values = []
-        for i, batch in enumerate(which):
+        for i, xs in enumerate(stream(which)):
             out = run(
                 model,
-                local(batch),
+                xs,
                 jax.random.fold_in(key, i),
                 method,
                 num_steps,
@@ -248,10 +251,10 @@ def evaluate(
         if tol not in grids:
             ends = [
                 multihost_utils.process_allgather(
-                    ends_of(model, local(batch), jax.random.fold_in(key, i), jnp.float32(tol)),
+                    ends_of(model, xs, jax.random.fold_in(key, i), jnp.float32(tol)),
                     tiled=True,
                 )
-                for i, batch in enumerate(checked)
+                for i, xs in enumerate(stream(checked))
             ]
             grids[tol] = tuned_grid(jnp.concatenate(ends), model.process.t_min, 1.0)
         return grids[tol]
