@@ -402,7 +402,7 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     *((name, _positive, "positive") for name in ("batch_size", "steps", "max_to_keep")),
     *((name, _positive, "positive") for name in ("log_every", "eval_every", "checkpoint_every")),
     ("max_consecutive_nonfinite", lambda v: v >= 0, ">= 0"),
-    ("optimizer.lr", _positive, "positive"),
+    ("optimizer.lr", lambda v: v >= 0, ">= 0"),
     ("optimizer.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
     ("optimizer.clip_norm", _positive, "positive"),
