@@ -77,8 +77,8 @@ def _check_finite(state: TrainState) -> None:
         )
 
 
-def _failure(step: int, error: Exception) -> str:
-    return f"step {step}: {type(error).__name__}: {str(error)[:300]}"
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error)[:300]}"
 
 
 class Checkpointer:
@@ -138,7 +138,7 @@ class Checkpointer:
             try:
                 return self.stored_config(step)
             except Exception as error:  # orbax and tensorstore raise many kinds
-                failures.append(_failure(step, error))
+                failures.append(f"step {step}: {_reason(error)}")
         raise FileNotFoundError(self._none_readable(failures))
 
     def _none_readable(self, failures: list[str]) -> str:
@@ -190,10 +190,10 @@ class Checkpointer:
             except ConfigMismatchError:
                 raise
             except Exception as error:  # orbax and tensorstore raise many kinds
-                failures.append(_failure(step, error))
+                failures.append(f"step {step}: {_reason(error)}")
                 warnings.warn(
                     f"Checkpoint at step {step} in {self.manager.directory} could not be "
-                    f"read ({type(error).__name__}: {str(error)[:300]}); falling back to the "
+                    f"read ({_reason(error)}); falling back to the "
                     "one before it.",
                     stacklevel=2,
                 )

@@ -191,7 +191,8 @@ class DiffusionModel(eqx.Module):
         """The probability-flow ODE bound on $-\\log_2 P(x) / D$ of one example:
         `ode_samples` draws of the dequantisation (and of any auxiliary state), Tsit5 at
         `rtol = atol = tolerance` (an array is fine: one compiled solve serves every
-        tolerance) or, given a `grid` (`ode_grid`), fixed steps between its times. One
+        tolerance) or, given a `grid` (`ad.tuned_grid` of `ode_step_ends`), fixed steps
+        between its times. One
         draw takes one Hutchinson probe per solve; several are importance-weighted, which
         needs the exact trace (`ad.ode_bits_per_dim` says why), at the cost of one
         Jacobian-vector product per dimension of the state."""

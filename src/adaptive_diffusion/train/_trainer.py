@@ -98,13 +98,11 @@ def setup(config: Config, workdir: str | os.PathLike, *, load_test: bool = True)
 
 def _mesh_for(config: Config) -> jax.sharding.Mesh:
     """The mesh of `config.mesh`, refused with the fix where the devices cannot run it."""
-    available = jax.device_count()
-    size = available if config.mesh.data == -1 else config.mesh.data
-    if not 1 <= size <= available:
-        raise ConfigError(
-            f"mesh.data={config.mesh.data}, but this run has {available} device(s); use -1 "
-            f"(all of them) or a number from 1 to {available}."
-        )
+    try:
+        mesh = make_mesh(config.mesh.data)
+    except ValueError as error:
+        raise ConfigError(f"mesh.data={config.mesh.data}: {error}") from None
+    size = mesh.devices.size
     if config.batch_size % size:
         multiple = size * -(-config.batch_size // size)
         raise ConfigError(
@@ -112,7 +110,7 @@ def _mesh_for(config: Config) -> jax.sharding.Mesh:
             f"mesh; use a multiple of {size} (--set batch_size={multiple}) or fewer devices "
             "(--set mesh.data=...)."
         )
-    return make_mesh(size)
+    return mesh
 
 
 def eval_model(state: TrainState) -> DiffusionModel:
