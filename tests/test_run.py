@@ -2,12 +2,8 @@
 
 import json
 import math
-import os
-import pathlib
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import equinox as eqx
@@ -15,72 +11,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 import adaptive_diffusion as ad
 from adaptive_diffusion import train
 
-
-TINY = {
-    "process": {"schedule": "linear"},
-    "network": {"kind": "mlp", "width": 32, "depth": 1},
-    "optimizer": {"lr": 1e-3, "warmup_steps": 5, "ema_decay": 0.9},
-    "eval": {"examples": 16, "num_samples": 4, "sampler": "ddim", "sample_steps": 8},
-    "batch_size": 16,
-    "steps": 20,
-    "log_every": 1,
-    "eval_every": 1000,
-    "checkpoint_every": 10,
-}
-
-
-def _write_config(path: pathlib.Path, **changes) -> pathlib.Path:
-    data = {**TINY, **changes}
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _env(cache: pathlib.Path, **extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    # Later processes of a test reuse what the first compiled.
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env.update(extra)
-    return env
-
-
-def _cli(cache: pathlib.Path, *args, **env) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "adaptive_diffusion", *args, "--no-progress"],
-        env=_env(cache, **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return out
-
-
-def _metric(workdir: pathlib.Path, name: str) -> dict[int, float]:
-    lines = train.read_metrics(workdir / "metrics.jsonl")
-    return {int(line["step"]): line[name] for line in lines if name in line}
-
-
-def _losses(workdir: pathlib.Path) -> dict[int, float]:
-    return _metric(workdir, "train/loss")
+from . import runs
 
 
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny digits model's train step, compiled once for the tests of this module, and a
     factory of fresh initial states (each step donates the state it is given)."""
-    config = train.Config.from_dict(TINY)
+    config = train.Config.from_dict(runs.TINY)
     mesh = train.make_mesh(1)
     model = train.build_model(config, (1, 8, 8), 17, key=jax.random.key(0))
     optimizer = train.make_optimizer(config.optimizer, config.steps)
@@ -179,7 +122,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_config_mismatch_is_refused(tmp
 
 @pytest.mark.slow
 def test_cli_train_eval_sample(tmp_path, capsys):
-    config = _write_config(tmp_path / "tiny.yaml")
+    config = runs.write_config(tmp_path / "tiny.yaml")
     workdir = tmp_path / "run"
     args = ["train", "--config", str(config), "--workdir", str(workdir), "--no-progress"]
     assert train.main(args) == 0
@@ -189,8 +132,8 @@ def test_cli_train_eval_sample(tmp_path, capsys):
     checkpointer = train.Checkpointer(workdir / "checkpoints", train.Config(), max_to_keep=3)
     assert checkpointer.steps() == [10, 20]
     checkpointer.close()
-    assert sorted(_losses(workdir)) == list(range(1, 21))
-    assert all(np.isfinite(v) for v in _losses(workdir).values())
+    assert sorted(runs.losses(workdir)) == list(range(1, 21))
+    assert all(np.isfinite(v) for v in runs.losses(workdir).values())
     lines = train.read_metrics(workdir / "metrics.jsonl")
     assert [line["step"] for line in lines if "eval/elbo_bpd" in line] == [20]
 
@@ -298,7 +241,7 @@ def test_shipped_mulan_and_patches_configs_train(name, tmp_path):
     )
     state = train.train(config, tmp_path, progress=False, pictures=False)
     assert int(state.step) == 3
-    losses = list(_losses(tmp_path).values())
+    losses = list(runs.losses(tmp_path).values())
     assert len(losses) == 3 and np.all(np.isfinite(losses))
 
 
@@ -306,11 +249,13 @@ def test_shipped_mulan_and_patches_configs_train(name, tmp_path):
 def test_crash_and_resume_continues_with_the_same_losses(tmp_path):
     # A run killed with SIGKILL after a checkpoint, then resumed, must retrace the losses of
     # an uninterrupted run step for step: state, PRNG key and data position all come back.
-    config = _write_config(tmp_path / "tiny.yaml", steps=300, checkpoint_every=25)
+    config = runs.write_config(tmp_path / "tiny.yaml", steps=300, checkpoint_every=25)
     cache = tmp_path / "cache"
-    reference = _cli(cache, "train", "--config", str(config), "--workdir", str(tmp_path / "ref"))
+    reference = runs.cli(
+        cache, "train", "--config", str(config), "--workdir", str(tmp_path / "ref")
+    )
     crashed = tmp_path / "crash"
-    victim = _cli(cache, "train", "--config", str(config), "--workdir", str(crashed))
+    victim = runs.cli(cache, "train", "--config", str(config), "--workdir", str(crashed))
     deadline = time.monotonic() + 180
     while not (crashed / "checkpoints" / "50").is_dir():
         assert victim.poll() is None, victim.communicate()[0]
@@ -319,12 +264,14 @@ def test_crash_and_resume_continues_with_the_same_losses(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     assert victim.returncode == -signal.SIGKILL
-    reached = max(_losses(crashed))
+    reached = max(runs.losses(crashed))
     assert 50 <= reached < 300  # killed mid-run, after the checkpoint at 50
 
-    _finish(_cli(cache, "train", "--config", str(config), "--workdir", str(crashed), "--resume"))
-    _finish(reference)
-    expected, got = _losses(tmp_path / "ref"), _losses(crashed)
+    runs.finish(
+        runs.cli(cache, "train", "--config", str(config), "--workdir", str(crashed), "--resume")
+    )
+    runs.finish(reference)
+    expected, got = runs.losses(tmp_path / "ref"), runs.losses(crashed)
     assert sorted(got) == list(range(1, 301))
     # Same computation in the same order on the same CPU: equal to the last bit.
     assert got == expected
@@ -338,14 +285,16 @@ def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
     # reduction (float32, ~1e-6). The learning rate is 0, so every step compares loss and
     # gradient at the same weights: Adam's first updates, about lr * sign(g), would hide a
     # gradient that was not reduced across hosts from the losses, but not from grad_norm.
-    optimizer = {**TINY["optimizer"], "lr": 0.0}
-    config = _write_config(tmp_path / "tiny.yaml", steps=6, checkpoint_every=3, optimizer=optimizer)
+    optimizer = {**runs.TINY["optimizer"], "lr": 0.0}
+    config = runs.write_config(
+        tmp_path / "tiny.yaml", steps=6, checkpoint_every=3, optimizer=optimizer
+    )
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     cache = tmp_path / "cache"
     hosts = [
-        _cli(
+        runs.cli(
             cache,
             "train", "--config", str(config), "--workdir", str(tmp_path / "multi"),
             "--distributed", "--coordinator", f"localhost:{port}",
@@ -354,17 +303,17 @@ def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
         )
         for i in range(2)
     ]  # fmt: skip
-    single = _cli(
+    single = runs.cli(
         cache,
         "train", "--config", str(config), "--workdir", str(tmp_path / "single"),
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
     )  # fmt: skip
     for proc in (*hosts, single):
-        _finish(proc)
+        runs.finish(proc)
     for name in ("train/loss", "train/grad_norm"):
-        multi = _metric(tmp_path / "multi", name)
+        multi = runs.metric(tmp_path / "multi", name)
         assert sorted(multi) == list(range(1, 7))
-        one = _metric(tmp_path / "single", name)
+        one = runs.metric(tmp_path / "single", name)
         np.testing.assert_allclose([multi[s] for s in multi], [one[s] for s in multi], rtol=1e-5)
     assert (tmp_path / "multi" / "checkpoints" / "6").is_dir()
 
@@ -376,19 +325,19 @@ def test_one_and_eight_devices_train_alike(tmp_path):
     # on the digits config (`docs/reliability.md`): at most 3.5e-7 relative over the
     # first 100 steps, growing to 4.7e-5 by step 500 as training amplifies the ulps; 20
     # tiny steps within 1e-5 leave that a 30x margin. One device twice is bit-identical.
-    config = _write_config(tmp_path / "tiny.yaml", steps=20, checkpoint_every=20)
+    config = runs.write_config(tmp_path / "tiny.yaml", steps=20, checkpoint_every=20)
     cache = tmp_path / "cache"
     devices = {"one": 1, "again": 1, "eight": 8}
-    runs = [
-        _cli(
+    procs = [
+        runs.cli(
             cache, "train", "--config", str(config), "--workdir", str(tmp_path / name),
             XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
         )
         for name, count in devices.items()
     ]  # fmt: skip
-    for proc in runs:
-        _finish(proc)
-    one, again, eight = (_losses(tmp_path / name) for name in devices)
+    for proc in procs:
+        runs.finish(proc)
+    one, again, eight = (runs.losses(tmp_path / name) for name in devices)
     assert sorted(one) == list(range(1, 21)) and one == again
     np.testing.assert_allclose([eight[s] for s in one], [one[s] for s in one], rtol=1e-5)
 
@@ -396,7 +345,7 @@ def test_one_and_eight_devices_train_alike(tmp_path):
 def test_build_model_nonisotropic_and_errors():
     import adaptive_diffusion as ad
 
-    config = train.Config.from_dict(TINY).with_overrides(
+    config = train.Config.from_dict(runs.TINY).with_overrides(
         ["process.kind=nonisotropic", "process.power=1.5"]
     )
     model = train.build_model(config, (1, 8, 8), 17, key=jax.random.key(0))
@@ -409,14 +358,14 @@ def test_build_model_nonisotropic_and_errors():
     assert isinstance(model.process.covariance, ad.LearnedGFFCovariance)
     with pytest.raises(ValueError, match="kind=nonisotropic only"):
         train.build_model(
-            train.Config.from_dict(TINY).with_overrides(["process.power=2"]),
+            train.Config.from_dict(runs.TINY).with_overrides(["process.power=2"]),
             (1, 8, 8),
             17,
             key=jax.random.key(0),
         )
     with pytest.raises(ValueError, match="dropout applies to the UNet only"):
         train.build_model(
-            train.Config.from_dict(TINY).with_overrides(["network.dropout=0.1"]),
+            train.Config.from_dict(runs.TINY).with_overrides(["network.dropout=0.1"]),
             (1, 8, 8),
             17,
             key=jax.random.key(0),
@@ -427,7 +376,7 @@ def test_build_model_nonisotropic_and_errors():
 def test_build_model_mulan_options_and_errors():
     import adaptive_diffusion as ad
 
-    base = train.Config.from_dict(TINY).with_overrides(["process.kind=mulan"])
+    base = train.Config.from_dict(runs.TINY).with_overrides(["process.kind=mulan"])
     xs = jnp.asarray(_digits_batch(8))
 
     def build(*overrides):
@@ -614,7 +563,7 @@ def test_antithetic_times_visit_every_step_once():
 
 @pytest.mark.slow
 def test_cli_mulan_run_writes_the_snr_figure(tmp_path):
-    config = _write_config(
+    config = runs.write_config(
         tmp_path / "mulan.yaml",
         process={"kind": "mulan", "schedule": "polynomial", "encoder": "mlp"},
         steps=10,
@@ -710,7 +659,7 @@ def test_cli_ddpm_run_with_laplace_noise(tmp_path, capsys):
     # The CLI's train, eval and sample, unchanged, on a Laplace DDPM: trained and evaluated
     # by the denoising loss, sampled by DDPM's ancestral sampler on its T - 1 steps; asking
     # for a likelihood is refused with the reason.
-    config = _write_config(
+    config = runs.write_config(
         tmp_path / "ddpm.yaml",
         process={"kind": "ddpm", "noise": "laplace", "num_steps": 50},
         eval={"examples": 16, "num_samples": 4, "sampler": "ancestral", "sample_steps": 49},
@@ -721,9 +670,9 @@ def test_cli_ddpm_run_with_laplace_noise(tmp_path, capsys):
     args = ["train", "--config", str(config), "--workdir", str(workdir), "--no-progress"]
     assert train.main(args) == 0
     assert (workdir / "samples.png").is_file() and (workdir / "schedule.png").is_file()
-    held_out = _metric(workdir, "eval/denoising_mse")
+    held_out = runs.metric(workdir, "eval/denoising_mse")
     assert list(held_out) == [10] and 0 < held_out[10] < 3, held_out
-    assert all(np.isfinite(v) for v in _losses(workdir).values())
+    assert all(np.isfinite(v) for v in runs.losses(workdir).values())
 
     out = tmp_path / "denoising.json"
     args = ["eval", "--checkpoint", str(workdir), "--num-examples", "8", "--no-progress"]

@@ -298,7 +298,7 @@ def test_nonfinite_step_is_skipped(getkey):
 
     train.check_nonfinite(state, max_consecutive=3)
     with pytest.raises(
-        RuntimeError,
+        FloatingPointError,
         match="3 consecutive non-finite steps; last finite step 1; lower the learning rate",
     ):
         train.check_nonfinite(state, max_consecutive=2)

@@ -13,6 +13,7 @@ from ._autoencoder_files import (
 from ._checkpoint import (
     RESUMABLE_KEYS as RESUMABLE_KEYS,
     Checkpointer as Checkpointer,
+    CheckpointWriteError as CheckpointWriteError,
     ConfigMismatchError as ConfigMismatchError,
 )
 from ._cli import SHIPPED_CONFIGS as SHIPPED_CONFIGS, config_path as config_path, main as main
@@ -69,6 +70,8 @@ from ._step import (
     shard_batch as shard_batch,
 )
 from ._trainer import (
+    RunFolderError as RunFolderError,
+    TrainingError as TrainingError,
     eval_model as eval_model,
     setup as setup,
     train as train,
@@ -85,6 +88,7 @@ __all__ = [
     "save_autoencoder",
     "RESUMABLE_KEYS",
     "Checkpointer",
+    "CheckpointWriteError",
     "ConfigMismatchError",
     "ConfigError",
     "SHIPPED_CONFIGS",
@@ -133,6 +137,8 @@ __all__ = [
     "param_sharding",
     "replicate",
     "shard_batch",
+    "RunFolderError",
+    "TrainingError",
     "eval_model",
     "setup",
     "train",

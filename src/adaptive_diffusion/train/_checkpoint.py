@@ -7,9 +7,12 @@ resumed run reads exactly the batches it would have read) and `config` (JSON). S
 are asynchronous: arrays are copied off the device when `save` returns and written in
 the background; `close` waits for the writes to finish. orbax writes each step to a
 temporary directory and renames it when complete, so a crash mid-write leaves the
-previous checkpoints intact.
+previous checkpoints intact. A write that fails (a full or read-only disk, a removed
+folder) raises `CheckpointWriteError` from the next `save` or from `close`, naming the
+complete checkpoints on disk.
 """
 
+import contextlib
 import os
 import warnings
 from typing import Any
@@ -37,6 +40,17 @@ trained."""
 
 class ConfigMismatchError(ValueError):
     """The config of a run differs from the one its checkpoint was trained with."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written: a full or read-only disk, a removed folder.
+
+    **Fields:** `kept`, the steps of the complete checkpoints on disk after the failure.
+    """
+
+    def __init__(self, message: str, kept: list[int]):
+        super().__init__(message)
+        self.kept = kept
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -105,6 +119,15 @@ class Checkpointer:
         """The steps of the checkpoints on disk, oldest first."""
         return sorted(self.manager.all_steps())
 
+    def complete_steps(self) -> list[int]:
+        """The steps of the complete checkpoints on disk now, read from the folder: an
+        interrupted write leaves only its temporary folder, whose name is not a step."""
+        try:
+            entries = list(os.scandir(self.manager.directory))
+        except OSError:  # the folder itself is gone
+            return []
+        return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())
+
     def save(self, state: TrainState, iterator: grain.DatasetIterator | None = None) -> None:
         """Start writing a checkpoint of `state` (and the iterator's position) at its step.
 
@@ -118,7 +141,22 @@ class Checkpointer:
         }
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(iterator)
-        self.manager.save(int(state.step), args=ocp.args.Composite(**items), force=True)
+        try:
+            self.manager.save(int(state.step), args=ocp.args.Composite(**items), force=True)
+        except Exception as error:  # tensorstore reports a full disk as a ValueError
+            raise self._write_error(error) from error
+
+    def _write_error(self, error: Exception) -> CheckpointWriteError:
+        """The failure of an asynchronous write (the one started now or an earlier one,
+        whose error orbax raises at the next save or wait), with the complete checkpoints
+        left on disk: orbax writes each into a temporary folder and renames it when done,
+        so a step folder on disk is a complete checkpoint."""
+        kept = self.complete_steps()
+        return CheckpointWriteError(
+            f"Writing a checkpoint to {self.manager.directory} failed ({_reason(error)}). "
+            f"The complete checkpoints on disk are steps {kept}.",
+            kept,
+        )
 
     def stored_config(self, step: int) -> Config:
         """The config stored with the checkpoint of `step`."""
@@ -202,6 +240,15 @@ class Checkpointer:
         raise FileNotFoundError(self._none_readable(failures))
 
     def close(self) -> None:
-        """Wait for the asynchronous writes to finish and release the manager."""
-        self.manager.wait_until_finished()
+        """Wait for the asynchronous writes to finish and release the manager.
+
+        **Raises:** `CheckpointWriteError` if a write failed (the manager is released
+        all the same).
+        """
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            with contextlib.suppress(Exception):  # it waits again, and fails the same way
+                self.manager.close()
+            raise self._write_error(error) from error
         self.manager.close()

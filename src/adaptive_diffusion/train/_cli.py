@@ -32,7 +32,7 @@ from ._evaluate import METHODS, SAMPLERS, evaluate, generate
 from ._plots import save_image_grid
 from ._quality import QUALITY_METHODS, cached_samples, sample_quality
 from ._registry import DEQUANTIZATIONS
-from ._trainer import eval_model, setup, train
+from ._trainer import RunFolderError, TrainingError, eval_model, setup, train
 
 
 SHIPPED_CONFIGS = (
@@ -397,7 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ConfigError,
         CapabilityError,
         DataError,
+        RunFolderError,
     ) as error:
         print(f"adaptive-diffusion {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingError as error:
+        print(f"adaptive-diffusion {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .._latents import SumOfGammaPerturbation
+from ._files import write_atomic
 from ._registry import DEQUANTIZATIONS, check_process_config
 
 
@@ -345,10 +346,9 @@ class Config:
 
         **Arguments:**
 
-        - `path`: the file to write.
+        - `path`: the file to write (whole or not at all: see `write_atomic`).
         """
-        with open(path, "w") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+        write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def with_overrides(self, overrides: Sequence[str]) -> "Config":
         """A copy with dotted overrides applied in order.

@@ -4,16 +4,26 @@ import json
 import math
 import os
 import pathlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-from tensorboardX import SummaryWriter
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
+from tensorboardX.summary import scalar
+
+from ._files import write_atomic
 
 
 class MetricsWriter:
     """Appends `{"step": s, name: value, ...}` lines to `metrics.jsonl` and writes the same
     scalars as TensorBoard events under `tensorboard/`, both in `directory`.
+
+    Both are written and flushed in the calling thread, so a failed write (a full or
+    read-only disk) raises `OSError` from `write` at once. (tensorboardX's
+    `SummaryWriter` writes from a thread that dies on such an error, after which its
+    next `add_scalar` blocks forever: a run whose disk filled up hung.)
 
     Only process 0 of a multi-host run writes; on the others every method does nothing.
 
@@ -39,38 +49,55 @@ class MetricsWriter:
             enabled = jax.process_index() == 0
         self.enabled = enabled
         self.path = pathlib.Path(directory) / "metrics.jsonl"
-        self._tb = None
+        self._tb: EventsWriter | None = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [line for line in read_metrics(self.path) if line["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
+            write_atomic(self.path, "".join(json.dumps(line) + "\n" for line in kept))
         elif resume_step is None:
-            self.path.write_text("")
+            write_atomic(self.path, "")
         if tensorboard:
-            self._tb = SummaryWriter(os.fspath(self.path.parent / "tensorboard"))
+            folder = self.path.parent / "tensorboard"
+            folder.mkdir(exist_ok=True)
+            self._tb = EventsWriter(os.fspath(folder / "events"))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         """Record `metrics` (names to Python floats) at `step`."""
         if not self.enabled:
             return
         values = {name: float(value) for name, value in metrics.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": int(step), **values}, allow_nan=True) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": int(step), **values}, allow_nan=True) + "\n")
+        except OSError as error:  # name the file: a failed write() does not
+            raise OSError(error.errno, error.strerror, os.fspath(self.path)) from error
         if self._tb is not None:
             for name, value in values.items():
                 if math.isfinite(value):
-                    self._tb.add_scalar(name, value, int(step))
+                    summary = scalar(name, value)
+                    event = event_pb2.Event(  # pyright: ignore[reportAttributeAccessIssue]
+                        wall_time=time.time(), step=int(step), summary=summary
+                    )
+                    self._tb.write_event(event)
+            self._tb.flush()
 
     def close(self) -> None:
-        """Flush and close the event files."""
+        """Close the event file."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The lines of a `metrics.jsonl` file, as dicts with a `"step"` key."""
+    """The lines of a `metrics.jsonl` file, as dicts with a `"step"` key.
+
+    A last line without its newline, cut by a process killed while appending it, is
+    left out; any other line that is not JSON raises `json.JSONDecodeError`.
+    """
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        text = f.read()
+    lines = text.split("\n")
+    complete = lines[:-1]  # the part after the last newline is '' or a cut line
+    return [json.loads(line) for line in complete if line.strip()]

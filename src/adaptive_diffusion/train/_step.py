@@ -307,12 +307,12 @@ def check_nonfinite(state: TrainState, max_consecutive: int) -> None:
     - `state`: the current state.
     - `max_consecutive`: the number of consecutive skipped steps tolerated.
 
-    **Raises:** `RuntimeError` naming the count and the last finite step.
+    **Raises:** `FloatingPointError` naming the count and the last finite step.
     """
     count = int(state.nonfinite_count)
     if count > max_consecutive:
         last_finite = int(state.step) - count
-        raise RuntimeError(
+        raise FloatingPointError(
             f"{count} consecutive non-finite steps; last finite step {last_finite}; "
             "lower the learning rate or check the data."
         )

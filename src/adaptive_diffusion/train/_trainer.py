@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import tempfile
 import time
 
 import equinox as eqx
@@ -26,7 +27,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ..data import AbstractImageSource, image_pipeline, levels_to_centres
-from ._checkpoint import Checkpointer
+from ._checkpoint import Checkpointer, CheckpointWriteError
 from ._config import Config, ConfigError
 from ._evaluate import evaluate, generate
 from ._metrics import MetricsWriter
@@ -175,6 +176,70 @@ def write_pictures(
     return paths
 
 
+class RunFolderError(OSError):
+    """The run folder cannot be created or written (a read-only or full disk)."""
+
+
+_PROBE_BYTES = 1 << 16
+"""What `train` writes (and removes) in the run folder before it starts, to find a
+read-only or full disk before any work is done."""
+
+
+def _check_writable(workdir: pathlib.Path) -> None:
+    with tempfile.TemporaryFile(dir=workdir) as f:
+        f.write(bytes(_PROBE_BYTES))
+        f.flush()
+
+
+class TrainingError(RuntimeError):
+    """Training stopped before its last step: a write failed (a full or read-only disk,
+    a removed folder) or too many steps in a row were non-finite. The message names the
+    cause, the step reached and the complete checkpoints on disk, from which
+    `train(..., resume=True)` continues.
+
+    **Fields:** `step`, the last step taken; `kept`, the steps of the complete
+    checkpoints on disk.
+    """
+
+    def __init__(self, message: str, step: int, kept: list[int]):
+        super().__init__(message)
+        self.step = step
+        self.kept = kept
+
+
+@dataclasses.dataclass
+class _Closing:
+    kept: list[int]
+    error: Exception | None
+
+
+def _close_after_failure(checkpointer: Checkpointer) -> _Closing:
+    """Wait for the checkpoint writes in flight and list the complete checkpoints on disk,
+    with the error of a write that failed."""
+    try:
+        checkpointer.close()
+    except Exception as error:
+        return _Closing(checkpointer.complete_steps(), error)
+    return _Closing(checkpointer.complete_steps(), None)
+
+
+def _stopped(error: BaseException, step: int, closing: _Closing) -> str:
+    """What `TrainingError` says: the cause, the step and what was kept."""
+    kept = closing.kept
+    if isinstance(error, FloatingPointError):
+        fix = "resume with a lower learning rate (--resume --set optimizer.lr=...)"
+    else:
+        fix = "give the run folder room or write access, then continue with --resume"
+    also = ""
+    if closing.error is not None and not isinstance(error, CheckpointWriteError):
+        also = f" A checkpoint write in flight failed as well: {closing.error}"
+    if kept:
+        where = f"the complete checkpoints on disk are steps {kept}: {fix} (from step {kept[-1]})."
+    else:
+        where = "no checkpoint is on disk: start the run again."
+    return f"Training stopped at step {step} ({error}). Kept: {where}{also}"
+
+
 def _remove_empty_folders(root: pathlib.Path) -> None:
     """Remove `root` and the folders under it that hold no file; never a file."""
     for folder in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
@@ -207,13 +272,21 @@ def train(
     **Returns:** the final `TrainState`.
 
     **Raises:** `FileExistsError` (checkpoints present without `resume`),
-    `ConfigMismatchError` (resuming with another config), `RuntimeError` (too many
-    non-finite steps in a row; the last checkpoint stays the last finite one).
+    `ConfigMismatchError` (resuming with another config), `TrainingError` (a write
+    failed, or too many non-finite steps in a row; it names the complete checkpoints
+    kept, the last of them finite).
     """
     workdir = pathlib.Path(workdir)
     created = not workdir.exists()
-    workdir.mkdir(parents=True, exist_ok=True)
     try:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            _check_writable(workdir)
+        except OSError as error:
+            raise RunFolderError(
+                f"The run folder {workdir} cannot be written ({error}); give it room or write "
+                "access, or choose another --workdir."
+            ) from error
         run = setup(config, workdir)
     except BaseException:
         if created:  # a run that never started leaves no folder behind
@@ -236,10 +309,9 @@ def train(
                 "--resume to continue that run, or choose another --workdir."
             )
         state = checkpointer.restore(state, iterator)
-    start = int(state.step)
-    if jax.process_index() == 0:
-        config.to_yaml(workdir / "config.yaml")
-    metrics = MetricsWriter(workdir, resume_step=start if resume else None)
+        if jax.process_index() == 0:
+            tqdm.write(f"resumed from the checkpoint of step {int(state.step)}")
+    start = step = int(state.step)
     step_fn = make_train_step(
         training_loss, run.optimizer, run.mesh, ema_decay=config.optimizer.ema_decay
     )
@@ -248,7 +320,11 @@ def train(
     bar = tqdm(
         total=config.steps, initial=start, unit="step", disable=not progress, dynamic_ncols=True
     )
+    metrics = None
     try:
+        if jax.process_index() == 0:
+            config.to_yaml(workdir / "config.yaml")
+        metrics = MetricsWriter(workdir, resume_step=start if resume else None)
         window_start, window_steps = time.perf_counter(), 0
         for step in range(start + 1, config.steps + 1):
             state, step_metrics = step_fn(state, shard_batch(run.mesh, next(iterator)))
@@ -283,20 +359,38 @@ def train(
                 window_start, window_steps = time.perf_counter(), 0
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpointer.save(state, iterator)
-    finally:
         bar.close()
-        checkpointer.close()
         metrics.close()
+        checkpointer.close()
+    except BaseException as error:
+        bar.close()
+        if metrics is not None:
+            with contextlib.suppress(Exception):  # the same failure, or closed already
+                metrics.close()
+        closing = _close_after_failure(checkpointer)
+        if isinstance(error, (OSError, FloatingPointError)):
+            raise TrainingError(_stopped(error, step, closing), step, closing.kept) from error
+        raise
     if pictures:
         count = min(_SNR_EXAMPLES, len(run.test_source))
         examples = levels_to_centres(run.test_source[np.arange(count)], run.test_source.num_levels)
-        write_pictures(
-            eval_model(state),
-            config,
-            run.mesh,
-            workdir,
-            key=key_eval,
-            examples=examples,
-            progress=progress,
-        )
+        try:
+            write_pictures(
+                eval_model(state),
+                config,
+                run.mesh,
+                workdir,
+                key=key_eval,
+                examples=examples,
+                progress=progress,
+            )
+        except OSError as error:
+            kept = checkpointer.complete_steps()
+            raise TrainingError(
+                f"Training reached step {step} and its checkpoints are complete (steps "
+                f"{kept}), but writing its pictures failed: {error}. Draw samples with "
+                "`adaptive-diffusion sample` once the folder has room.",
+                step,
+                kept,
+            ) from error
     return state
