@@ -40,10 +40,10 @@ def env(cache: pathlib.Path, **extra) -> dict[str, str]:
     return env
 
 
-def cli(cache: pathlib.Path, *args, **env) -> subprocess.Popen:
+def cli(cache: pathlib.Path, *args, **variables) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "adaptive_diffusion", *args, "--no-progress"],
-        env=env(cache, **env),
+        env=env(cache, **variables),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -111,7 +111,13 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True
+                max_to_keep=max_to_keep,
+                enable_async_checkpointing=True,
+                create=True,
+                # The step's folders are made before `save` returns: made in the
+                # background, a failure to make them (a read-only disk) left the
+                # synchronous item (grain's position) waiting 300 s for their signal.
+                async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
             ),
         )
 
@@ -153,8 +159,7 @@ class Checkpointer:
         so a step folder on disk is a complete checkpoint."""
         kept = self.complete_steps()
         return CheckpointWriteError(
-            f"Writing a checkpoint to {self.manager.directory} failed ({_reason(error)}). "
-            f"The complete checkpoints on disk are steps {kept}.",
+            f"Writing a checkpoint to {self.manager.directory} failed ({_reason(error)})",
             kept,
         )
 

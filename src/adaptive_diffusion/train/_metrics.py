@@ -71,23 +71,31 @@ class MetricsWriter:
         try:
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": int(step), **values}, allow_nan=True) + "\n")
-        except OSError as error:  # name the file: a failed write() does not
-            raise OSError(error.errno, error.strerror, os.fspath(self.path)) from error
+        except OSError as error:
+            raise _naming(error, self.path) from error
         if self._tb is not None:
-            for name, value in values.items():
-                if math.isfinite(value):
-                    summary = scalar(name, value)
-                    event = event_pb2.Event(  # pyright: ignore[reportAttributeAccessIssue]
-                        wall_time=time.time(), step=int(step), summary=summary
-                    )
-                    self._tb.write_event(event)
-            self._tb.flush()
+            try:
+                for name, value in values.items():
+                    if math.isfinite(value):
+                        summary = scalar(name, value)
+                        event = event_pb2.Event(  # pyright: ignore[reportAttributeAccessIssue]
+                            wall_time=time.time(), step=int(step), summary=summary
+                        )
+                        self._tb.write_event(event)
+                self._tb.flush()
+            except OSError as error:
+                raise _naming(error, self.path.parent / "tensorboard") from error
 
     def close(self) -> None:
         """Close the event file."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _naming(error: OSError, path: pathlib.Path) -> OSError:
+    """`error` with the file it was writing named (a failed `write` does not name it)."""
+    return OSError(error.errno, error.strerror, os.fspath(path))
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
