@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: test test-slow demo lint docs clean
+.PHONY: test test-slow soak demo lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,15 @@ $(DOCS_STAMP): $(STAMP) pyproject.toml
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/pyright src
-	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not soak"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m slow
+
+# The soak test (tests/test_soak.py): the digits model for 20,000 steps (SOAK_STEPS), its
+# memory and checkpoint count watched; about 15 minutes, not run by CI.
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m soak
 
 demo: $(STAMP)
 	$(BIN)/python -m adaptive_diffusion.demo

@@ -1,10 +1,12 @@
 """Gaussian-mixture data: exact marginals and scores under any linear Gaussian process."""
 
+import contextlib
 import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax._src.lax import lax as lax_internal
 from jaxtyping import Array, Float, PRNGKeyArray
 
 import adaptive_diffusion as ad
@@ -111,3 +113,38 @@ def random_mixture(
     factors = scale * jax.random.normal(kc, (num_components, d, d)) / math.sqrt(d)
     covs = factors @ jnp.swapaxes(factors, 1, 2) + 0.01 * jnp.eye(d)[None]
     return GaussianMixture(log_weights, means, covs, shape)
+
+
+_REDUCED_MANTISSA = {"bfloat16": 7, "tensorfloat32": 10}
+
+
+@contextlib.contextmanager
+def emulated_matmul_precision(name: str):
+    """Run under `jax.default_matmul_precision(name)` ("bfloat16" or "tensorfloat32") with
+    its effect on a GPU emulated here, where XLA:CPU computes every float32 dot exactly:
+    while it is active, each `dot_general` traced with the default precision (none given,
+    and no "highest"/"float32" default set inside) gets its float32 operands rounded to
+    the name's mantissa (7 bits for bfloat16, 10 for TF32), as the GPU's tensor cores do.
+    Functions must be traced inside (fresh closures: a cached trace is not re-traced).
+    """
+    module = lax_internal
+    exact = module.dot_general
+    bits = _REDUCED_MANTISSA[name]
+
+    def rounded(x):
+        if x.dtype != jnp.float32:
+            return x
+        return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=bits)
+
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, *args, **kwargs):
+        default = jax.config.jax_default_matmul_precision
+        if precision is None and default not in ("highest", "float32", "HIGHEST"):
+            lhs, rhs = rounded(jnp.asarray(lhs)), rounded(jnp.asarray(rhs))
+        return exact(lhs, rhs, dimension_numbers, precision, *args, **kwargs)
+
+    module.dot_general = dot_general
+    try:
+        with jax.default_matmul_precision(name):
+            yield
+    finally:
+        module.dot_general = exact

@@ -71,6 +71,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._custom_types import Data, Gamma, Scalar, Time
 from .._discrete import discretized_gaussian_nll, to_levels
+from .._precision import full_precision
 from .._schedules import linear_beta, linear_beta_integral
 from ._base import AbstractSDEProcess, InitialState
 from ._small_linalg import cholesky, inverse, spd_inverse, triangular_inverse
@@ -98,6 +99,7 @@ def _outer(coefficients: Float[Array, " k"], x: Data) -> MState:
     return jnp.tensordot(coefficients, x, axes=0)
 
 
+@full_precision
 def _kernel(m: Matrix, gg: Matrix, b: Float[Array, ""]) -> tuple[Matrix, Matrix]:
     r"""$(e^{-bM}, \int_0^b e^{-rM} GG^\top e^{-rM^\top} dr)$ for $b \ge 0$.
 
@@ -266,16 +268,19 @@ class AbstractLinearMDM(AbstractSDEProcess):
         r"""$B(t) = \beta_{\min} t + \tfrac12(\beta_{\max} - \beta_{\min}) t^2$."""
         return linear_beta_integral(self.beta_min, self.beta_max, t)
 
+    @full_precision
     def _between(self, s: Time, t: Time) -> tuple[Matrix, Matrix]:
         """The kernel of $u_t$ given $u_s$, $s \\le t$."""
         q, d = self.matrices()
         return _kernel(q + d, 2.0 * d, self.integrated_beta(t) - self.integrated_beta(s))
 
+    @full_precision
     def transition(self, t: Time) -> tuple[Matrix, Matrix]:
         r"""$(A_t, \Sigma_t)$ of $u_t \mid u_0 \sim \mathcal N(A_t u_0, \Sigma_t)$, with
         `transition(0) = (I, 0)`."""
         return self._between(0.0, t)
 
+    @full_precision
     def _factors(self, t: Time) -> tuple[Matrix, Matrix]:
         a, sigma = self.transition(t)
         return a, cholesky(sigma)
@@ -338,6 +343,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
             return StackedDenoiser(net)
         return StackedDenoiser(net, self)
 
+    @full_precision
     def gaussian_eps(self, u: MState, t: Time) -> MState:
         r"""The exact $\mathbb E[\varepsilon \mid u_t]$ when every data coordinate is
         $\mathcal N(0, \sigma^2)$, $\sigma^2$ = `mixed_score`:
@@ -356,48 +362,59 @@ class AbstractLinearMDM(AbstractSDEProcess):
 
     # The marginal and its conversions.
 
+    @full_precision
     def perturb(self, u0: MState, t: Time, eps: MState) -> MState:
         a, chol = self._factors(t)
         return _apply(a, u0) + _apply(chol, eps)
 
+    @full_precision
     def marginal_scale(self, u: MState, t: Time, eps: MState) -> MState:
         return _apply(self._factors(t)[1], eps)
 
+    @full_precision
     def score_from_eps(self, u: MState, t: Time, eps: MState) -> MState:
         chol = self._factors(t)[1]
         return -_apply(triangular_inverse(chol).T, eps)
 
+    @full_precision
     def eps_from_score(self, u: MState, t: Time, score: MState) -> MState:
         return -_apply(self._factors(t)[1].T, score)
 
+    @full_precision
     def eps_from_x0(self, u: MState, t: Time, x0: MState) -> MState:
         a, chol = self._factors(t)
         return _apply(triangular_inverse(chol), u - _apply(a, x0))
 
+    @full_precision
     def x0_from_eps(self, u: MState, t: Time, eps: MState) -> MState:
         a, chol = self._factors(t)
         return _apply(inverse(a), u - _apply(chol, eps))
 
+    @full_precision
     def eps_from_v(self, u: MState, t: Time, v: MState) -> MState:
         raise NotImplementedError(
             "The velocity is defined for scaled-Gaussian processes (a_t x_0 + s_t eps); "
             "train an MDM with parameterization='eps' (or 'x', 'score')."
         )
 
+    @full_precision
     def v_from_eps(self, u: MState, t: Time, eps: MState) -> MState:
         return self.eps_from_v(u, t, eps)
 
+    @full_precision
     def gamma(self, u: MState, t: Time) -> Gamma:
         r"""The data coordinate's $\log(\Sigma_t[0, 0] / A_t[0, 0]^2)$."""
         a, sigma = self.transition(t)
         return jnp.log(sigma[0, 0]) - 2.0 * jnp.log(jnp.abs(a[0, 0]))
 
+    @full_precision
     def log_det_scale(self, u: MState, t: Time) -> Float[Array, ""]:
         chol = self._factors(t)[1]
         return u[0].size * jnp.sum(jnp.log(jnp.diag(chol)))
 
     # The bound.
 
+    @full_precision
     def _reverse(self, z: MState, t: Time) -> tuple[MState, Matrix]:
         r"""The mean and covariance of $u_0$ given $u_t = z$ under the forward kernel
         alone (no score): $A_t^{-1} z$ and $A_t^{-1}\Sigma_t A_t^{-\top}$."""
@@ -405,6 +422,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         inv = inverse(a)
         return _apply(inv, z), inv @ sigma @ inv.T
 
+    @full_precision
     def _decoder(self, z: MState) -> _Decoder:
         r"""The decoder's pieces at $z = u_{t_{\min}}$: the mean and standard deviation of
         $p(x \mid z)$, and what $p(v_0 \mid x, z)$ needs.
@@ -436,6 +454,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         x_mean = mean[0] - jnp.tensordot(w @ h, residual, axes=1) / precision
         return _Decoder(x_mean, jax.lax.rsqrt(precision), mean, gain, v_cov, w, coef, var)
 
+    @full_precision
     def decoder_nll(self, u: MState, u0: MState, num_levels: int) -> Float[Array, ""]:
         r"""$-\log P(x \mid z) - \log p(v_0 \mid x, z)$ at $z = u_{t_{\min}}$: the exact
         posterior of the Gaussian model $z = A u_0 + L\varepsilon$ with a flat prior on
@@ -468,6 +487,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         r"""The data block's decoder mode: the bin nearest the mean of $p(x \mid z)$."""
         return to_levels(self._decoder(u).x_mean, num_levels)
 
+    @full_precision
     def prior_kl(self, u0: MState) -> Float[Array, ""]:
         r"""$\mathrm{KL}(\mathcal N(A_1 u_0, \Sigma_1) \Vert \mathcal N(0, I))$, summed over the
         data coordinates."""
@@ -478,6 +498,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         k = sigma.shape[0]
         return 0.5 * (jnp.sum(mean**2) + n * (jnp.trace(sigma) - k - logdet))
 
+    @full_precision
     def diffusion_loss(self, u: MState, t: Time, eps: MState, eps_hat: MState) -> Float[Array, ""]:
         r"""$\tfrac12 \beta(t) \sum r^\top L_t^{-1} 2D L_t^{-\top} r$, $r = \hat\varepsilon -
         \varepsilon$: $\tfrac12\lVert G^\top(\hat s - s)\rVert^2$."""
@@ -487,6 +508,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         r = eps_hat - eps
         return 0.5 * jnp.sum(r * _apply(weight, r))
 
+    @full_precision
     def _posterior(self, t: Time, s: Time) -> tuple[Matrix, Matrix, Matrix, Matrix]:
         r"""$(A_s, K, P, \Sigma_{t|s})$ of $q(u_s \mid u_t, u_0)$: mean
         $A_s u_0 + K(u_t - A_t u_0)$, covariance $P$ (Joseph form, positive semi-definite
@@ -499,6 +521,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         cov = rest @ sigma_s @ rest.T + gain @ sigma_ts @ gain.T
         return a_s, gain, 0.5 * (cov + cov.T), sigma_ts
 
+    @full_precision
     def diffusion_loss_discrete(
         self, u: MState, s: Time, t: Time, eps: MState, eps_hat: MState
     ) -> Float[Array, ""]:
@@ -511,27 +534,33 @@ class AbstractLinearMDM(AbstractSDEProcess):
         white = triangular_inverse(cholesky(cov)) @ coefficient
         return 0.5 * jnp.sum(_apply(white, eps_hat - eps) ** 2)
 
+    @full_precision
     def ancestral_mean(self, u: MState, t: Time, s: Time, eps_hat: MState) -> MState:
         a_s, gain, _, _ = self._posterior(t, s)
         a_t, _ = self._factors(t)
         x0 = self.x0_from_eps(u, t, eps_hat)
         return _apply(a_s, x0) + _apply(gain, u - _apply(a_t, x0))
 
+    @full_precision
     def posterior_noise(self, u: MState, t: Time, s: Time, xi: MState) -> MState:
         return _apply(cholesky(self._posterior(t, s)[2]), xi)
 
+    @full_precision
     def transition_noise(self, u: MState, t: Time, s: Time, xi: MState) -> MState:
         return _apply(cholesky(self._posterior(t, s)[3]), xi)
 
     # The SDE.
 
+    @full_precision
     def drift(self, u: MState, t: Time) -> MState:
         q, d = self.matrices()
         return -self.beta(t) * _apply(q + d, u)
 
+    @full_precision
     def diffusion_scale(self, u: MState, t: Time) -> Float[Array, ""]:
         return jnp.sqrt(self.beta(t))
 
+    @full_precision
     def noise_apply(self, w: MState) -> MState:
         r"""$\sqrt{2D}\,w$, the symmetric square root (by eigendecomposition: $D$ depends on
         the parameters only, so this is one small LAPACK call, never a batched one)."""
@@ -540,6 +569,7 @@ class AbstractLinearMDM(AbstractSDEProcess):
         root = (vectors * jnp.sqrt(jnp.maximum(values, 0.0))[None, :]) @ vectors.T
         return _apply(root, w)
 
+    @full_precision
     def probability_flow_eps(self, u: MState, t: Time, eps: MState) -> MState:
         r"""$f + \tfrac12 \beta\, 2D L_t^{-\top}\hat\varepsilon$."""
         _, d = self.matrices()

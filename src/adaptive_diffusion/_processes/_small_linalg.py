@@ -14,10 +14,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._precision import full_precision
+
 
 Matrix = Float[Array, "n n"]
 
 
+@full_precision
 def cholesky(m: Matrix) -> Matrix:
     r"""The lower-triangular $L$ with $L L^\top = m$, for symmetric positive semi-definite
     $m$ (only its lower triangle is read).
@@ -40,6 +43,7 @@ def cholesky(m: Matrix) -> Matrix:
     return chol
 
 
+@full_precision
 def triangular_inverse(chol: Matrix) -> Matrix:
     r"""$L^{-1}$ of a lower-triangular $L$ with a non-zero diagonal, by forward
     substitution: row $i$ of $X = L^{-1}$ is $(e_i - L_{i,<i} X_{<i}) / L_{ii}$."""
@@ -52,6 +56,7 @@ def triangular_inverse(chol: Matrix) -> Matrix:
     return inverse
 
 
+@full_precision
 def inverse(a: Matrix) -> Matrix:
     r"""$A^{-1}$ of a general non-singular $A$: Gauss-Jordan elimination on $[A \mid I]$
     with partial pivoting (the row swap is a permutation matrix, the identity when the
@@ -75,6 +80,7 @@ def inverse(a: Matrix) -> Matrix:
     return augmented[:, n:]
 
 
+@full_precision
 def spd_inverse(m: Matrix) -> Matrix:
     r"""$m^{-1} = L^{-\top} L^{-1}$ of a symmetric positive-definite $m = L L^\top$."""
     inv = triangular_inverse(cholesky(m))
