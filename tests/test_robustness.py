@@ -116,10 +116,12 @@ def test_training_step_is_finite_at_extreme_endpoints_and_reduced_precision(kind
     # training loss (the bound in bits/dim, or the denoising loss) and its gradient are
     # finite, exactly and under emulated bfloat16 and TF32 matmuls, and the reduced
     # precisions move the loss by little (bfloat16 keeps 8 significant bits, a relative
-    # 2^-8 = 0.4% per operand; measured well inside 5%).
+    # 2^-8 = 0.4% per operand; measured: at most 2.2e-4 relative, so 1% is a 45x margin).
+    # DDPM's schedule is its betas, with no log-SNR endpoints to move.
     xs = _digits()
     results = {}
-    for extreme in (False, True):
+    extremes = (False, True) if CONFIGS[kind][1] else (False,)
+    for extreme in extremes:
         model = _model(kind, extreme)
         results[extreme, "exact"] = eqx.filter_jit(_loss_and_grad)(model, xs)
         for precision in ("bfloat16", "tensorfloat32"):
@@ -128,11 +130,11 @@ def test_training_step_is_finite_at_extreme_endpoints_and_reduced_precision(kind
                 results[extreme, precision] = step(model, xs)
     for key, (value, norm) in results.items():
         assert np.isfinite(value) and np.isfinite(norm) and norm > 0, (key, value, norm)
-    for extreme in (False, True):
+    for extreme in extremes:
         exact = float(results[extreme, "exact"][0])
         for precision in ("bfloat16", "tensorfloat32"):
             np.testing.assert_allclose(
-                float(results[extreme, precision][0]), exact, rtol=0.05, err_msg=precision
+                float(results[extreme, precision][0]), exact, rtol=1e-2, err_msg=precision
             )
 
 

@@ -73,16 +73,18 @@ def test_long_run_memory_and_checkpoints_stay_flat(tmp_path):
     steps = np.array([s[1] for s in samples])
     rss = np.array([s[2] for s in samples])
     counts = np.array([s[3] for s in samples])
-    warm = steps >= _STEPS // 4  # compiled, the first evaluation and checkpoints done
-    # Memory: the resident size over the last 75% of the steps, its growth by a straight
-    # line fitted against the step, over that span (a leak of a few hundred bytes a step
-    # shows as MiB over 15,000 steps).
+    # Memory over the second half of the steps, once the allocator has settled: it grows
+    # by ~50 MiB over the first 7,500 steps of 20,000 (the evaluations, every 2,500
+    # steps, and orbax's first saves), then stays within ~25 MiB (measured). The growth
+    # is that of a straight line fitted against the step, over the span: a leak of
+    # 2 KiB a step would show as 20 MiB.
+    warm = steps >= _STEPS // 2
     slope = np.polyfit(steps[warm], rss[warm], 1)[0]
-    growth = slope * (_STEPS - _STEPS // 4)
+    growth = slope * (_STEPS - _STEPS // 2)
     report = {
         "steps": _STEPS,
         "seconds": samples[-1][0],
-        "rss_mib_warm_first": float(rss[warm][0]),
+        "rss_mib_half": float(rss[warm][0]),
         "rss_mib_max": float(rss.max()),
         "rss_mib_last": float(rss[warm][-1]),
         "rss_growth_mib_fitted": float(growth),
@@ -93,7 +95,7 @@ def test_long_run_memory_and_checkpoints_stay_flat(tmp_path):
     }
     (tmp_path / "soak.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "series"}, indent=1))
-    assert abs(growth) < 32, report
-    assert rss[warm].max() - rss[warm].min() < 64, report
+    assert abs(growth) < 16, report
+    assert rss[warm].max() - rss[warm].min() < 48, report
     assert counts.max() <= _KEEP + 1, report
     assert report["checkpoints_final"] == _KEEP, report
