@@ -199,6 +199,7 @@ def test_run_folder_that_fills_up_or_turns_read_only(tmp_path, fault):
     assert runs.losses(out / "final") == runs.losses(tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_injected_write_failure_stops_with_what_was_kept(tmp_path, monkeypatch):
     # Where no tmpfs can be mounted: the write of the checkpoint of step 20 fails inside
     # orbax (as tensorstore reports a full disk), and the run stops there, naming the

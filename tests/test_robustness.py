@@ -1,4 +1,5 @@
-"""Numerical robustness in float32: extreme schedule endpoints (gamma_min = -20,
+"""Numerical robustness in float32 (all slow: `make test` keeps the HLO check of the ODE's
+precision in test_likelihood.py): extreme schedule endpoints (gamma_min = -20,
 gamma_max = 20) and a reduced default matmul precision (bfloat16, TF32), for the ODE
 likelihood, the bounds and the training step of every family. The table is in
 `docs/reliability.md`.
@@ -138,6 +139,7 @@ def test_training_step_is_finite_at_extreme_endpoints_and_reduced_precision(kind
             )
 
 
+@pytest.mark.slow
 def test_ode_likelihood_runs_at_full_precision_under_a_reduced_default():
     # The probability-flow ODE integrates the network's errors: it runs its dots at
     # "highest" whatever the default. Under emulated bfloat16 it gives the float32 figure
