@@ -127,8 +127,7 @@ def emulated_matmul_precision(name: str):
     the name's mantissa (7 bits for bfloat16, 10 for TF32), as the GPU's tensor cores do.
     Functions must be traced inside (fresh closures: a cached trace is not re-traced).
     """
-    module = lax_internal
-    exact = module.dot_general
+    exact = lax_internal.dot_general
     bits = _REDUCED_MANTISSA[name]
 
     def rounded(x):
@@ -142,9 +141,9 @@ def emulated_matmul_precision(name: str):
             lhs, rhs = rounded(jnp.asarray(lhs)), rounded(jnp.asarray(rhs))
         return exact(lhs, rhs, dimension_numbers, precision, *args, **kwargs)
 
-    module.dot_general = dot_general
+    lax_internal.dot_general = dot_general
     try:
         with jax.default_matmul_precision(name):
             yield
     finally:
-        module.dot_general = exact
+        lax_internal.dot_general = exact

@@ -31,13 +31,13 @@ def write_config(path: pathlib.Path, **changes) -> pathlib.Path:
 
 
 def env(cache: pathlib.Path, **extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    variables = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    variables["PYTHONPATH"] = os.pathsep.join(sys.path)
     # Later processes of a test reuse what the first compiled.
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env.update(extra)
-    return env
+    variables["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    variables["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    variables.update(extra)
+    return variables
 
 
 def cli(cache: pathlib.Path, *args, **variables) -> subprocess.Popen:

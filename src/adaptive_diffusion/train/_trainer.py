@@ -207,32 +207,26 @@ class TrainingError(RuntimeError):
         self.kept = kept
 
 
-@dataclasses.dataclass
-class _Closing:
-    kept: list[int]
-    error: Exception | None
-
-
-def _close_after_failure(checkpointer: Checkpointer) -> _Closing:
-    """Wait for the checkpoint writes in flight and list the complete checkpoints on disk,
-    with the error of a write that failed."""
+def _close_after_failure(checkpointer: Checkpointer) -> Exception | None:
+    """Wait for the checkpoint writes in flight; the error of one that failed, if any."""
     try:
         checkpointer.close()
     except Exception as error:
-        return _Closing(checkpointer.complete_steps(), error)
-    return _Closing(checkpointer.complete_steps(), None)
+        return error
+    return None
 
 
-def _stopped(error: BaseException, step: int, closing: _Closing) -> str:
+def _stopped(
+    error: BaseException, step: int, kept: list[int], close_error: Exception | None
+) -> str:
     """What `TrainingError` says: the cause, the step and what was kept."""
-    kept = closing.kept
     if isinstance(error, FloatingPointError):
         fix = "resume with a lower learning rate (--resume --set optimizer.lr=...)"
     else:
         fix = "give the run folder room or write access, then continue with --resume"
     also = ""
-    if closing.error is not None and not isinstance(error, CheckpointWriteError):
-        also = f" A checkpoint write in flight failed as well: {closing.error}"
+    if close_error is not None and not isinstance(error, CheckpointWriteError):
+        also = f" A checkpoint write in flight failed as well: {close_error}"
     if kept:
         where = f"the complete checkpoints on disk are steps {kept}: {fix} (from step {kept[-1]})."
     else:
@@ -367,9 +361,11 @@ def train(
         if metrics is not None:
             with contextlib.suppress(Exception):  # the same failure, or closed already
                 metrics.close()
-        closing = _close_after_failure(checkpointer)
+        close_error = _close_after_failure(checkpointer)
         if isinstance(error, (OSError, FloatingPointError)):
-            raise TrainingError(_stopped(error, step, closing), step, closing.kept) from error
+            kept = checkpointer.complete_steps()
+            message = _stopped(error, step, kept, close_error)
+            raise TrainingError(message, step, kept) from error
         raise
     if pictures:
         count = min(_SNR_EXAMPLES, len(run.test_source))
